@@ -1,0 +1,173 @@
+"""Class lists, seen/unseen splits, id lists, and the label lookup tables of the protocol.
+
+Training labels pass through a 256-entry lookup: the k-th seen class id -> k and every other
+value (background, unseen classes, void) -> 255, so no unseen-class label value can reach a loss.
+Test labels map seen ids -> 0..S-1, then unseen ids -> S..S+U-1, the rest -> 255.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import yaml
+
+from cagnet.errors import DataError
+
+IGNORE_INDEX = 255
+
+
+def read_class_names(path: str | Path) -> list[str]:
+    """Read a class-name file: line i is the name of label id i (VOC: line 0 `background`)."""
+    path = Path(path)
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        raise DataError(f"class-name file not found: {path}") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise DataError(f"class-name file {path} is unreadable: {error}") from None
+    while lines and not lines[-1].strip():
+        lines.pop()
+    names = [line.strip() for line in lines]
+    if not names:
+        raise DataError(f"class-name file {path} is empty: expected one class name per line")
+    for line_number, name in enumerate(names, start=1):
+        if not name:
+            raise DataError(f"{path}, line {line_number}: empty class name (line i names label "
+                            f"id i - 1, so blank lines are not allowed)")
+    duplicates = sorted({name for name in names if names.count(name) > 1})
+    if duplicates:
+        raise DataError(f"{path}: duplicate class names {duplicates}")
+    if len(names) > IGNORE_INDEX:
+        raise DataError(f"{path}: {len(names)} classes, but label ids must stay below 255")
+    return names
+
+
+@dataclass(frozen=True)
+class ClassSplit:
+    """Seen / unseen / validation classes as dataset label ids, with their names.
+
+    Model class order is `seen_ids` (split-file order) followed by `unseen_ids`.
+    """
+
+    class_names: tuple[str, ...]
+    seen_ids: tuple[int, ...]
+    unseen_ids: tuple[int, ...]
+    validation_ids: tuple[int, ...] = ()
+
+    @property
+    def model_ids(self) -> tuple[int, ...]:
+        """Dataset ids in model class order (seen then unseen)."""
+        return self.seen_ids + self.unseen_ids
+
+    @property
+    def model_class_names(self) -> list[str]:
+        return [self.class_names[i] for i in self.model_ids]
+
+    @property
+    def num_seen(self) -> int:
+        return len(self.seen_ids)
+
+    @property
+    def num_unseen(self) -> int:
+        return len(self.unseen_ids)
+
+    def train_lookup(self) -> np.ndarray:
+        """(256,) uint8: seen id -> its index 0..S-1, everything else -> 255."""
+        lookup = np.full(256, IGNORE_INDEX, dtype=np.uint8)
+        for index, class_id in enumerate(self.seen_ids):
+            lookup[class_id] = index
+        return lookup
+
+    def test_lookup(self) -> np.ndarray:
+        """(256,) uint8: seen ids -> 0..S-1, unseen ids -> S..S+U-1, everything else -> 255."""
+        lookup = np.full(256, IGNORE_INDEX, dtype=np.uint8)
+        for index, class_id in enumerate(self.model_ids):
+            lookup[class_id] = index
+        return lookup
+
+    def known_ids(self) -> set[int]:
+        """Label values a mask may legitimately contain: every class id and 255."""
+        return set(range(len(self.class_names))) | {IGNORE_INDEX}
+
+
+def read_split(path: str | Path, class_names: Sequence[str]) -> ClassSplit:
+    """Read a split file (`seen: [...]`, `unseen: [...]`, optional `validation: [...]`).
+
+    Entries are class names from the class-name file (integers are accepted as label ids).
+    """
+    path = Path(path)
+    try:
+        content = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DataError(f"split file not found: {path}") from None
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
+        raise DataError(f"split file {path} is unreadable: {error}") from None
+    if not isinstance(content, dict) or "seen" not in content or "unseen" not in content:
+        raise DataError(f"split file {path}: expected a mapping with 'seen' and 'unseen' lists")
+    unknown = sorted(set(content) - {"seen", "unseen", "validation"})
+    if unknown:
+        raise DataError(f"split file {path}: unknown key {unknown[0]!r}; expected seen, unseen, "
+                        "validation")
+    ids = {key: _resolve_ids(path, key, content.get(key) or [], class_names)
+           for key in ("seen", "unseen", "validation")}
+    if not ids["seen"]:
+        raise DataError(f"split file {path}: 'seen' is empty")
+    overlap = set(ids["seen"]) & set(ids["unseen"])
+    if overlap:
+        names = sorted(class_names[i] for i in overlap)
+        raise DataError(f"split file {path}: classes both seen and unseen: {names}")
+    stray = set(ids["validation"]) - set(ids["seen"])
+    if stray:
+        names = sorted(class_names[i] for i in stray)
+        raise DataError(f"split file {path}: validation classes must be seen classes, "
+                        f"got {names}")
+    return ClassSplit(tuple(class_names), ids["seen"], ids["unseen"], ids["validation"])
+
+
+def _resolve_ids(path: Path, key: str, entries: object, class_names: Sequence[str]
+                 ) -> tuple[int, ...]:
+    if not isinstance(entries, list):
+        raise DataError(f"split file {path}: '{key}' must be a list, got {entries!r}")
+    ids = []
+    for entry in entries:
+        if isinstance(entry, int) and not isinstance(entry, bool):
+            if not 0 <= entry < len(class_names):
+                raise DataError(f"split file {path}: '{key}' id {entry} is not a class id "
+                                f"(0..{len(class_names) - 1})")
+            ids.append(entry)
+        elif isinstance(entry, str) and entry in class_names:
+            ids.append(class_names.index(entry))
+        else:
+            raise DataError(f"split file {path}: '{key}' entry {entry!r} is not in the "
+                            "class-name file")
+    if len(set(ids)) != len(ids):
+        raise DataError(f"split file {path}: '{key}' lists a class twice")
+    return tuple(ids)
+
+
+def read_id_list(path: str | Path) -> list[str]:
+    """Read an image-id list (one id per line, e.g. `2007_000032`), rejecting ids that would
+    escape the dataset root (absolute paths, `..` components)."""
+    path = Path(path)
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        raise DataError(f"image list not found: {path}") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise DataError(f"image list {path} is unreadable: {error}") from None
+    ids = []
+    for line_number, line in enumerate(lines, start=1):
+        item = line.strip().split()[0] if line.strip() else ""
+        if not item:
+            continue
+        parts = Path(item).parts
+        if Path(item).is_absolute() or ".." in parts or "\\" in item:
+            raise DataError(f"{path}, line {line_number}: id {item!r} would escape the dataset "
+                            "root; expected a relative id without '..'")
+        ids.append(item)
+    if not ids:
+        raise DataError(f"image list {path} is empty: expected one image id per line")
+    return ids

@@ -1,0 +1,85 @@
+"""Paired image / label transforms of the training and test pipelines (method.md §4).
+
+Images go in as BGR uint8 (H, W, 3) and come out as float32 (3, h, w) with the per-channel
+mean subtracted (no std: Caffe convention). Labels are resized with nearest neighbour only and
+padded with 255, so no label value is ever invented. All randomness comes from the
+`numpy.random.Generator` passed in, which makes a sample a pure function of its seed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import cv2
+import numpy as np
+
+IGNORE_INDEX = 255
+
+
+def subtract_mean(image_bgr: np.ndarray, mean_bgr: Sequence[float]) -> np.ndarray:
+    """(H, W, 3) uint8 -> (H, W, 3) float32 minus the per-channel mean."""
+    return image_bgr.astype(np.float32) - np.asarray(mean_bgr, dtype=np.float32)
+
+
+def resize_pair(image: np.ndarray, label: np.ndarray | None, height: int, width: int
+                ) -> tuple[np.ndarray, np.ndarray | None]:
+    """Bilinear image, nearest-neighbour label."""
+    image = cv2.resize(image, (width, height), interpolation=cv2.INTER_LINEAR)
+    if label is not None:
+        label = cv2.resize(label, (width, height), interpolation=cv2.INTER_NEAREST)
+    return image, label
+
+
+def to_chw(image: np.ndarray) -> np.ndarray:
+    """(H, W, 3) -> contiguous (3, H, W) float32."""
+    return np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32)
+
+
+@dataclass(frozen=True)
+class TrainTransform:
+    """Mean subtraction -> warp to `warp_size` (aspect not kept) -> random scale
+    U(`scale_min`, `scale_max`) -> pad to at least `crop_size` (image 0, label 255) -> random
+    crop -> horizontal flip with probability 0.5."""
+
+    mean_bgr: tuple[float, float, float]
+    warp_size: int
+    crop_size: int
+    scale_min: float = 0.5
+    scale_max: float = 1.5
+    flip: bool = True
+
+    def __call__(self, image_bgr: np.ndarray, label: np.ndarray, rng: np.random.Generator
+                 ) -> tuple[np.ndarray, np.ndarray]:
+        image = subtract_mean(image_bgr, self.mean_bgr)
+        image, label = resize_pair(image, label, self.warp_size, self.warp_size)
+        scale = rng.uniform(self.scale_min, self.scale_max)
+        size = max(1, int(round(self.warp_size * scale)))
+        image, label = resize_pair(image, label, size, size)
+        pad = max(self.crop_size - size, 0)
+        if pad:
+            image = cv2.copyMakeBorder(image, 0, pad, 0, pad, cv2.BORDER_CONSTANT, value=0.0)
+            label = cv2.copyMakeBorder(label, 0, pad, 0, pad, cv2.BORDER_CONSTANT,
+                                       value=IGNORE_INDEX)
+        top = int(rng.integers(0, image.shape[0] - self.crop_size + 1))
+        left = int(rng.integers(0, image.shape[1] - self.crop_size + 1))
+        image = image[top:top + self.crop_size, left:left + self.crop_size]
+        label = label[top:top + self.crop_size, left:left + self.crop_size]
+        if self.flip and rng.random() < 0.5:
+            image, label = image[:, ::-1], label[:, ::-1]
+        return to_chw(image), np.ascontiguousarray(label, dtype=np.int64)
+
+
+@dataclass(frozen=True)
+class EvalTransform:
+    """Mean subtraction and a warp of the image to `warp_size` x `warp_size`; the label keeps
+    its original resolution (the evaluator decides how predictions meet it)."""
+
+    mean_bgr: tuple[float, float, float]
+    warp_size: int
+
+    def __call__(self, image_bgr: np.ndarray, label: np.ndarray
+                 ) -> tuple[np.ndarray, np.ndarray]:
+        image = subtract_mean(image_bgr, self.mean_bgr)
+        image, _ = resize_pair(image, None, self.warp_size, self.warp_size)
+        return to_chw(image), np.ascontiguousarray(label, dtype=np.int64)

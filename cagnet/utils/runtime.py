@@ -1,0 +1,78 @@
+"""Runtime helpers: seeding, autocast, threads, logging, and the per-run log writer."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import random
+from pathlib import Path
+from typing import Callable, ContextManager
+
+import numpy as np
+import torch
+
+LOGGER = logging.getLogger("cagnet")
+
+
+def seed_everything(seed: int, rank: int = 0) -> None:
+    """Seed Python, NumPy and torch (every device) for process `rank`."""
+    random.seed(seed + rank)
+    np.random.seed((seed + rank) % 2 ** 32)
+    torch.manual_seed(seed + rank)
+
+
+def set_deterministic(enabled: bool) -> None:
+    """Opt-in deterministic kernels (bit-exact resume on the CPU needs them on some ops)."""
+    if enabled:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+
+
+def autocast_factory(device: torch.device, amp: str) -> Callable[[], ContextManager]:
+    """One autocast path: `none` gives a null context; `bf16` / `fp16` autocast on `device`."""
+    if amp == "none":
+        return contextlib.nullcontext
+    dtype = torch.bfloat16 if amp == "bf16" else torch.float16
+    return lambda: torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def configure_logging(verbose: bool = False) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+
+
+class RunLog:
+    """One JSON line per log / evaluation interval in `log.jsonl`, plus TensorBoard scalars
+    (`train/loss_kl`, `val/hiou`, ...). Only the main process writes."""
+
+    def __init__(self, run_dir: Path, enabled: bool = True, tensorboard: bool = True) -> None:
+        self.enabled = enabled
+        self.path = run_dir / "log.jsonl"
+        self.writer = None
+        if enabled and tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.writer = SummaryWriter(str(run_dir / "tensorboard"))
+            except ImportError:  # tensorboard is a declared dependency; degrade gracefully
+                LOGGER.warning("tensorboard is not installed: scalars go to log.jsonl only")
+
+    def write(self, kind: str, iteration: int, values: dict[str, float]) -> None:
+        if not self.enabled:
+            return
+        record = {"kind": kind, "iteration": iteration, **values}
+        with open(self.path, "a", encoding="utf-8") as stream:
+            stream.write(json.dumps(record) + "\n")
+        if self.writer is not None:
+            for name, value in values.items():
+                if isinstance(value, (int, float)):
+                    self.writer.add_scalar(f"{kind}/{name}", value, iteration)
+
+    def add_image(self, tag: str, image_chw: np.ndarray, iteration: int) -> None:
+        if self.enabled and self.writer is not None:
+            self.writer.add_image(tag, image_chw, iteration)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
