@@ -1,0 +1,392 @@
+"""Word vectors (gensim) -> one L2-normalised embedding row per class id.
+
+The output is the project's class-embedding file: a float32 `(num_ids, D)` `.npy` with one row
+per line of the class-name file (row i = label id i, background included) and a JSON sidecar
+with the same stem recording the class names, the sources (kind, path, sha256, dim), how each
+class was looked up, and the rules below. Two ways to produce it:
+
+- `build_class_embeddings` embeds class names with word2vec / fastText files (gensim is imported
+  lazily, only there). CaGNet's "fastnvec" is `[("fasttext_bin", ft), ("word2vec_binary", w2v)]`:
+  fastText (300) ‖ word2vec (300).
+- `import_original_pickles` converts the pickled matrices of the original SPNet/CaGNet release.
+
+Per source every row is L2-normalised, the sources are concatenated in the given order and the
+concatenated row is L2-normalised again (see `NORMALISATION_RULE`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import os
+import re
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from cagnet.errors import EmbeddingError
+from cagnet.safe_pickle import load_numpy_pickle
+from cagnet.utils.io import atomic_write_bytes, atomic_write_json
+
+__all__ = ["LOOKUP_RULE", "NORMALISATION_RULE", "WORD_VECTOR_KINDS", "build_class_embeddings",
+           "import_original_pickles", "load_class_embeddings", "load_word_vectors",
+           "phrase_tokens", "resolve_kind", "save_class_embeddings", "sha256_file",
+           "sidecar_path"]
+
+logger = logging.getLogger(__name__)
+
+WORD_VECTOR_KINDS = ("word2vec", "word2vec_binary", "fasttext_bin", "fasttext_vec")
+
+LOOKUP_RULE = (
+    "A class name is looked up as a whole first: the name itself and the name with its "
+    "tokens joined by '_' (GoogleNews stores phrases as 'potted_plant'). Otherwise it is split "
+    "into tokens on spaces, underscores and hyphens (empty tokens dropped) and its vector is the "
+    "mean of the token vectors. Every key is tried exactly, then lower-case, then capitalised "
+    "('Tvmonitor'), in the source's vocabulary. A token missing from the vocabulary of a source "
+    "with subword information (fastText .bin) is composed from its character n-grams as written; "
+    "in any other source it is an error."
+)
+NORMALISATION_RULE = (
+    "Each source's rows are L2-normalised, the sources are concatenated in the listed order and "
+    "each concatenated row is L2-normalised again."
+)
+
+_UNIT_NORM_TOLERANCE = 1e-3
+
+
+def phrase_tokens(name: str) -> list[str]:
+    """Split a class name into tokens on spaces, underscores and hyphens; drop empty tokens.
+
+    "potted plant", "potted_plant" -> ["potted", "plant"]; "wall-concrete" -> ["wall",
+    "concrete"]; "tvmonitor" -> ["tvmonitor"].
+    """
+    return [token for token in re.split(r"[\s_\-]+", name) if token]
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """Hex SHA-256 of a file's bytes, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for chunk in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def sidecar_path(npy_path: str | os.PathLike) -> Path:
+    """The JSON sidecar of an embedding file: same folder and stem, suffix `.json`."""
+    return Path(npy_path).with_suffix(".json")
+
+
+def resolve_kind(path: str | os.PathLike, kind: str = "auto") -> str:
+    """The word-vector kind of `path`; `"auto"` decides from the file name.
+
+    `.bin` -> `fasttext_bin` when the name contains "fasttext", "cc." or "wiki.", else
+    `word2vec_binary`; `.vec` -> `fasttext_vec`; `.txt` -> `word2vec` (a trailing `.gz` or
+    `.bz2` is skipped). Raises EmbeddingError for an unknown kind or extension.
+    """
+    if kind != "auto":
+        if kind not in WORD_VECTOR_KINDS:
+            raise EmbeddingError(f"unknown word-vector kind '{kind}' for {path}; valid kinds: "
+                                 f"auto, {', '.join(WORD_VECTOR_KINDS)}")
+        return kind
+    name = Path(path).name.lower()
+    suffixes = [suffix for suffix in Path(name).suffixes if suffix not in (".gz", ".bz2")]
+    suffix = suffixes[-1] if suffixes else ""
+    if suffix == ".bin":
+        is_fasttext = any(marker in name for marker in ("fasttext", "cc.", "wiki."))
+        return "fasttext_bin" if is_fasttext else "word2vec_binary"
+    if suffix == ".vec":
+        return "fasttext_vec"
+    if suffix == ".txt":
+        return "word2vec"
+    raise EmbeddingError(f"cannot guess the word-vector kind of {path} from its extension "
+                         f"(.bin, .vec, .txt); give one of: {', '.join(WORD_VECTOR_KINDS)}")
+
+
+def load_word_vectors(path: str | os.PathLike, kind: str = "auto") -> Any:
+    """Load a word-vector file with gensim.
+
+    Args:
+        path: The file (GoogleNews `.bin`, fastText `.bin` / `.vec`, word2vec text `.txt`).
+        kind: One of `WORD_VECTOR_KINDS` or "auto" (see `resolve_kind`).
+
+    Returns:
+        A gensim `KeyedVectors` (`FastTextKeyedVectors`, with subwords, for `fasttext_bin`).
+
+    Raises:
+        EmbeddingError: the file is missing, gensim is not installed, or the file cannot be
+            read as `kind` (the message names the file and the kind).
+    """
+    source = Path(path)
+    kind = resolve_kind(source, kind)
+    if not source.is_file():
+        raise EmbeddingError(f"word-vector file not found: {source}")
+    try:
+        from gensim.models import KeyedVectors
+        from gensim.models.fasttext import load_facebook_vectors
+    except ImportError as error:
+        raise EmbeddingError(f"reading {source} needs gensim (pip install gensim)") from error
+    logger.info("loading %s word vectors from %s", kind, source)
+    try:
+        if kind == "fasttext_bin":
+            return load_facebook_vectors(str(source))
+        return KeyedVectors.load_word2vec_format(str(source), binary=kind == "word2vec_binary")
+    except Exception as error:  # gensim raises ValueError, UnicodeDecodeError, EOFError, ...
+        raise EmbeddingError(f"cannot read {source} as {kind} word vectors "
+                             f"({type(error).__name__}: {error})") from error
+
+
+def _case_variants(key: str) -> list[str]:
+    variants = [key, key.lower(), key.lower().capitalize()]
+    return list(dict.fromkeys(variants))
+
+
+def _vocabulary_key(vectors: Any, key: str) -> str | None:
+    """The first case variant of `key` in the vocabulary proper (never via subwords)."""
+    for variant in _case_variants(key):
+        if variant in vectors.key_to_index:
+            return variant
+    return None
+
+
+def _embed_class(name: str, vectors: Any) -> tuple[np.ndarray | None, list[str], list[str]]:
+    """Embed one class name following `LOOKUP_RULE`.
+
+    Returns:
+        `(vector (D,) float64 or None, keys used, tokens missing)`.
+    """
+    tokens = phrase_tokens(name)
+    for whole in dict.fromkeys([name.strip(), "_".join(tokens)]):
+        key = _vocabulary_key(vectors, whole) if whole else None
+        if key is not None:
+            return np.asarray(vectors[key], dtype=np.float64), [key], []
+    has_subwords = getattr(vectors, "bucket", 0) > 0 and hasattr(vectors, "vectors_ngrams")
+    token_vectors, used, missing = [], [], []
+    for token in tokens:
+        key = _vocabulary_key(vectors, token)
+        if key is not None:
+            token_vectors.append(np.asarray(vectors[key], dtype=np.float64))
+            used.append(key)
+            continue
+        vector = np.asarray(vectors.get_vector(token), dtype=np.float64) if has_subwords else None
+        if vector is None or not np.any(vector):
+            missing.append(token)
+        else:
+            token_vectors.append(vector)
+            used.append(f"{token} (subword)")
+    if missing:
+        return None, used, missing
+    return np.mean(token_vectors, axis=0), used, []
+
+
+def _normalise_rows(matrix: np.ndarray, what: str) -> np.ndarray:
+    """L2-normalise every row of a `(N, D)` matrix; a zero or non-finite row is an error."""
+    matrix = np.asarray(matrix, dtype=np.float64)
+    norms = np.linalg.norm(matrix, axis=1, keepdims=True)
+    bad = np.flatnonzero(~np.isfinite(norms[:, 0]) | (norms[:, 0] == 0))
+    if bad.size:
+        raise EmbeddingError(f"{what}: rows {bad.tolist()} are zero or not finite and cannot be "
+                             f"L2-normalised")
+    return matrix / norms
+
+
+def build_class_embeddings(class_names: Sequence[str], sources: Sequence[tuple[str, str]]
+                           ) -> tuple[np.ndarray, dict]:
+    """Embed every class name with every source and concatenate the sources.
+
+    Args:
+        class_names: The class-name file's lines (row i = label id i, background included).
+        sources: `(kind, path)` pairs in concatenation order, e.g. fastnvec =
+            `[("fasttext_bin", fasttext_path), ("word2vec_binary", googlenews_path)]`.
+
+    Returns:
+        `(matrix, metadata)`: float32 `(len(class_names), sum of source dims)` with unit rows,
+        and the sidecar dict (class_names, sources with kind/path/sha256/dim/lookups, dim,
+        rule, normalisation).
+
+    Raises:
+        EmbeddingError: no class names or sources, a name without tokens, an unreadable source,
+            or words missing from sources without subwords: all of them, with their classes,
+            in one message.
+    """
+    class_names = [str(name) for name in class_names]
+    if not class_names:
+        raise EmbeddingError("no class names to embed")
+    if not sources:
+        raise EmbeddingError("no word-vector sources given")
+    empty = [name for name in class_names if not phrase_tokens(name)]
+    if empty:
+        raise EmbeddingError(f"class names without any token: {empty!r}")
+    blocks, records, missing_lines = [], [], []
+    for kind, path in sources:
+        kind = resolve_kind(path, kind)
+        vectors = load_word_vectors(path, kind)
+        rows, lookups = [], []
+        for name in class_names:
+            vector, used, missing = _embed_class(name, vectors)
+            rows.append(vector)
+            lookups.append(used)
+            missing_lines += [f"'{word}' (class '{name}') in {kind} {path}" for word in missing]
+        records.append({"kind": kind, "path": str(path), "sha256": sha256_file(path),
+                        "dim": int(vectors.vector_size), "lookups": lookups})
+        if all(row is not None for row in rows):
+            blocks.append(_normalise_rows(np.stack(rows), f"{kind} {path}"))
+        del vectors  # free a multi-GB model before loading the next one
+    if missing_lines:
+        raise EmbeddingError(f"{len(missing_lines)} words are missing from the word vectors:\n  "
+                             + "\n  ".join(missing_lines))
+    matrix = _normalise_rows(np.concatenate(blocks, axis=1), "concatenated embeddings")
+    metadata = {"class_names": class_names, "sources": records, "dim": int(matrix.shape[1]),
+                "rule": LOOKUP_RULE, "normalisation": NORMALISATION_RULE}
+    return matrix.astype(np.float32), metadata
+
+
+def import_original_pickles(pickle_paths: Sequence[str | os.PathLike],
+                            class_names: Sequence[str] | None = None
+                            ) -> tuple[np.ndarray, dict]:
+    """Convert the original release's pickled word-vector matrices (one file per source).
+
+    Each pickle holds a float `(num_ids, 300)` ndarray, row i = label id i; it is read with
+    `load_numpy_pickle` (no code execution). VOC fastnvec:
+    `import_original_pickles([".../fasttext.pkl", ".../word2vec.pkl"])` -> `(21, 600)`.
+
+    Args:
+        pickle_paths: Pickles in concatenation order.
+        class_names: Optional class-name file lines; their count must equal the row count.
+
+    Returns:
+        `(matrix, metadata)`: float32 `(num_ids, sum of dims)` with unit rows (each source
+        normalised first: CaGNet's Context rows are not unit-norm), and the sidecar dict.
+
+    Raises:
+        EmbeddingError: a pickle is unsafe or malformed, not 2-D, non-finite, has a zero row,
+            or the row counts differ between pickles or from `class_names`.
+    """
+    if not pickle_paths:
+        raise EmbeddingError("no pickle files given")
+    blocks, records = [], []
+    for path in pickle_paths:
+        array = load_numpy_pickle(path)
+        if array.ndim != 2 or not np.issubdtype(array.dtype, np.number):
+            raise EmbeddingError(f"{path}: expected a 2-D numeric array, got shape "
+                                 f"{array.shape} dtype {array.dtype}")
+        if blocks and array.shape[0] != blocks[0].shape[0]:
+            raise EmbeddingError(f"{path} has {array.shape[0]} rows but {pickle_paths[0]} has "
+                                 f"{blocks[0].shape[0]}; every source needs one row per label id")
+        norms = np.linalg.norm(array.astype(np.float64), axis=1)
+        blocks.append(_normalise_rows(array, str(path)))
+        records.append({"kind": "pickle", "path": str(path), "sha256": sha256_file(path),
+                        "dim": int(array.shape[1]), "original_dtype": str(array.dtype),
+                        "original_row_norm_range": [float(norms.min()), float(norms.max())]})
+    num_rows = blocks[0].shape[0]
+    if class_names is not None and len(class_names) != num_rows:
+        raise EmbeddingError(f"{pickle_paths[0]} has {num_rows} rows but {len(class_names)} "
+                             f"class names were given; rows must match the class-name file")
+    matrix = _normalise_rows(np.concatenate(blocks, axis=1), "concatenated embeddings")
+    metadata = {"class_names": list(class_names) if class_names is not None else None,
+                "sources": records, "dim": int(matrix.shape[1]),
+                "rule": "imported from pickled matrices of the original release; row i of "
+                        "every pickle is label id i",
+                "normalisation": NORMALISATION_RULE}
+    return matrix.astype(np.float32), metadata
+
+
+def _check_matrix(matrix: np.ndarray, where: str) -> np.ndarray:
+    """Validate a class-embedding matrix: 2-D, numeric, finite, no zero row."""
+    if matrix.ndim != 2:
+        raise EmbeddingError(f"{where}: class embeddings must be 2-D (num_ids, dim), got shape "
+                             f"{matrix.shape}")
+    if not (np.issubdtype(matrix.dtype, np.floating) or np.issubdtype(matrix.dtype, np.integer)):
+        raise EmbeddingError(f"{where}: class embeddings must be numeric, got {matrix.dtype}")
+    bad = np.flatnonzero(~np.isfinite(matrix).all(axis=1))
+    if bad.size:
+        raise EmbeddingError(f"{where}: rows {bad.tolist()} contain NaN or Inf")
+    zero = np.flatnonzero(~matrix.any(axis=1))
+    if zero.size:
+        raise EmbeddingError(f"{where}: rows {zero.tolist()} are all zeros")
+    return matrix
+
+
+def save_class_embeddings(npy_path: str | os.PathLike, matrix: np.ndarray,
+                          metadata: dict) -> tuple[Path, Path]:
+    """Write `matrix` as float32 `.npy` and `metadata` (+ shape) as its JSON sidecar, atomically.
+
+    Returns:
+        `(npy_path, sidecar_path)`. Raises EmbeddingError for an invalid matrix or a
+        `metadata["class_names"]` whose length differs from the row count.
+    """
+    npy_path = Path(npy_path)
+    matrix = _check_matrix(np.asarray(matrix), str(npy_path)).astype(np.float32)
+    names = metadata.get("class_names")
+    if names is not None and len(names) != matrix.shape[0]:
+        raise EmbeddingError(f"{npy_path}: {matrix.shape[0]} rows but {len(names)} class names")
+    buffer = io.BytesIO()
+    np.save(buffer, matrix, allow_pickle=False)
+    atomic_write_bytes(npy_path, buffer.getvalue())
+    sidecar = dict(metadata, shape=list(matrix.shape), dtype="float32")
+    return npy_path, atomic_write_json(sidecar_path(npy_path), sidecar)
+
+
+def _read_sidecar(npy_path: Path) -> dict:
+    path = sidecar_path(npy_path)
+    if not path.is_file():
+        return {}
+    try:
+        metadata = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise EmbeddingError(f"{path}: unreadable embedding sidecar ({error})") from error
+    if not isinstance(metadata, dict):
+        raise EmbeddingError(f"{path}: embedding sidecar must be a JSON object")
+    return metadata
+
+
+def load_class_embeddings(npy_path: str | os.PathLike, expected_rows: int | None = None,
+                          class_names: Sequence[str] | None = None) -> tuple[np.ndarray, dict]:
+    """Read and validate a class-embedding file and its sidecar (the sidecar is optional).
+
+    Args:
+        npy_path: The `.npy` file.
+        expected_rows: Required row count (the class-name file's line count); defaults to
+            `len(class_names)` when names are given.
+        class_names: If given and the sidecar records class names, they must be identical.
+
+    Returns:
+        `(matrix, metadata)`: float32 `(num_ids, dim)` with unit rows (rows off unit norm by
+        more than 1e-3 are renormalised with a warning), and the sidecar dict (`{}` if absent).
+
+    Raises:
+        EmbeddingError naming the file: missing or unreadable, not 2-D, NaN/Inf, a zero row,
+        a wrong row count, or class names that differ from the sidecar's.
+    """
+    npy_path = Path(npy_path)
+    if not npy_path.is_file():
+        raise EmbeddingError(f"class-embedding file not found: {npy_path}")
+    try:
+        matrix = np.load(npy_path, allow_pickle=False)
+    except (OSError, ValueError) as error:
+        raise EmbeddingError(f"{npy_path}: not a readable .npy array ({error})") from error
+    matrix = _check_matrix(matrix, str(npy_path)).astype(np.float64)
+    if expected_rows is None and class_names is not None:
+        expected_rows = len(class_names)
+    if expected_rows is not None and matrix.shape[0] != expected_rows:
+        raise EmbeddingError(f"{npy_path} has {matrix.shape[0]} rows but {expected_rows} were "
+                             f"expected: rows must match the class-name file (one row per "
+                             f"line, background included)")
+    metadata = _read_sidecar(npy_path)
+    stored_names = metadata.get("class_names")
+    if class_names is not None and stored_names is not None \
+            and list(stored_names) != list(class_names):
+        differences = [f"{index}: '{stored}' vs '{given}'" for index, (stored, given)
+                       in enumerate(zip(stored_names, class_names)) if stored != given]
+        raise EmbeddingError(f"{sidecar_path(npy_path)} was built for other class names than "
+                             f"the class-name file ({len(stored_names)} vs {len(class_names)} "
+                             f"names; sidecar vs given at {differences[:5]})")
+    norms = np.linalg.norm(matrix, axis=1)
+    if np.abs(norms - 1.0).max() > _UNIT_NORM_TOLERANCE:
+        logger.warning("%s: rows are not unit-norm (norms %.4g..%.4g); renormalising",
+                       npy_path, norms.min(), norms.max())
+        matrix = matrix / norms[:, None]
+    return matrix.astype(np.float32), metadata

@@ -1,0 +1,152 @@
+"""Turn the scores of `cagnet.metrics.zero_shot_scores` into tables, JSON and log lines.
+
+Formatting only: no metric is computed here. Class rows follow the model's class order (seen
+classes first, then unseen), which is the order of the confusion matrix, so `class_names[i]` names
+matrix position i and positions `< num_seen` are seen. An undefined score (NaN: the class never
+occurs, or a set has no valid class) is written as "—" in Markdown and as `null` in JSON.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from cagnet.utils.io import atomic_write_json, atomic_write_text
+
+__all__ = ["class_rows", "format_scores_line", "markdown_report", "metrics_document",
+           "write_report"]
+
+MISSING = "—"
+
+# (scores key, column title) of the summary table, in display order.
+SUMMARY_COLUMNS = (
+    ("hiou", "hIoU"),
+    ("miou", "mIoU"),
+    ("miou_seen", "S-mIoU"),
+    ("miou_unseen", "U-mIoU"),
+    ("pixel_acc", "pixel acc"),
+    ("mean_acc", "mean acc"),
+)
+
+
+def _format_number(value: Any, decimals: int = 4) -> str:
+    """A score with fixed decimals, or "—" when it is missing or NaN."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return MISSING
+    return f"{float(value):.{decimals}f}"
+
+
+def class_rows(scores: Mapping[str, Any], class_names: Sequence[str],
+               num_seen: int) -> list[dict]:
+    """One row per class of the confusion matrix.
+
+    Args:
+        scores: Output of `zero_shot_scores` (needs `iou` and `accuracy`, N entries each).
+        class_names: N names in model order (seen first, then unseen).
+        num_seen: S; positions `< S` are seen, the rest unseen.
+
+    Returns:
+        N dicts with `name`, `index` (matrix position), `split` ("seen"/"unseen"), `iou`,
+        `accuracy` (floats, NaN where undefined).
+
+    Raises:
+        ValueError: the number of names differs from the number of per-class scores, or
+            `num_seen` is outside `[0, N]`.
+    """
+    iou = list(scores["iou"])
+    accuracy = list(scores["accuracy"])
+    if len(class_names) != len(iou) or len(accuracy) != len(iou):
+        raise ValueError(f"{len(class_names)} class names for {len(iou)} per-class IoUs and "
+                         f"{len(accuracy)} accuracies; they must match the confusion matrix")
+    if not 0 <= num_seen <= len(iou):
+        raise ValueError(f"num_seen {num_seen} is outside [0, {len(iou)}]")
+    return [
+        {
+            "name": str(name),
+            "index": index,
+            "split": "seen" if index < num_seen else "unseen",
+            "iou": float(iou[index]) if iou[index] is not None else math.nan,
+            "accuracy": float(accuracy[index]) if accuracy[index] is not None else math.nan,
+        }
+        for index, name in enumerate(class_names)
+    ]
+
+
+def markdown_report(scores: Mapping[str, Any], class_names: Sequence[str], num_seen: int,
+                    protocol: Mapping[str, Any], title: str) -> str:
+    """A Markdown report: summary table, evaluation protocol, per-class table.
+
+    Args:
+        scores: Output of `zero_shot_scores`.
+        class_names: N names in model order (seen first, then unseen).
+        num_seen: S, the number of seen classes.
+        protocol: What produced the numbers (dataset, split, label resolution, checkpoint...),
+            written as a bullet list `key: value` in the given order.
+        title: The level-1 heading.
+
+    Returns:
+        The report text, ending with a newline.
+    """
+    rows = class_rows(scores, class_names, num_seen)
+    lines = [f"# {title}", "", "## Summary", ""]
+    lines.append("| " + " | ".join(header for _, header in SUMMARY_COLUMNS) + " |")
+    lines.append("|" + "---|" * len(SUMMARY_COLUMNS))
+    lines.append("| " + " | ".join(_format_number(scores.get(key)) for key, _ in SUMMARY_COLUMNS)
+                 + " |")
+    lines += ["", f"Pixels evaluated: {int(scores.get('num_pixels', 0))}", "", "## Protocol", ""]
+    if protocol:
+        lines += [f"- {key}: {value}" for key, value in protocol.items()]
+    else:
+        lines.append("- (not recorded)")
+    lines += ["", "## Per class", "", "| index | class | split | IoU | accuracy |",
+              "|---|---|---|---|---|"]
+    for row in rows:
+        name = row["name"].replace("|", "\\|")
+        lines.append(f"| {row['index']} | {name} | {row['split']} | "
+                     f"{_format_number(row['iou'])} | {_format_number(row['accuracy'])} |")
+    return "\n".join(lines) + "\n"
+
+
+def metrics_document(scores: Mapping[str, Any], class_names: Sequence[str], num_seen: int,
+                     protocol: Mapping[str, Any]) -> dict:
+    """The content of `metrics.json`: every score key, plus `classes` and `protocol`.
+
+    Args:
+        scores: Output of `zero_shot_scores`.
+        class_names: N names in model order (seen first, then unseen).
+        num_seen: S, the number of seen classes.
+        protocol: What produced the numbers.
+
+    Returns:
+        A JSON-ready dict (NaN values stay float NaN; `atomic_write_json` writes them as null).
+    """
+    document = dict(scores)
+    document["classes"] = class_rows(scores, class_names, num_seen)
+    document["protocol"] = dict(protocol)
+    return document
+
+
+def write_report(out_dir: str | os.PathLike, scores: Mapping[str, Any],
+                 class_names: Sequence[str], num_seen: int, protocol: Mapping[str, Any],
+                 title: str) -> tuple[Path, Path]:
+    """Write `metrics.json` and `report.md` into `out_dir` (created if needed), atomically.
+
+    Returns:
+        `(metrics_path, report_path)`.
+    """
+    out_dir = Path(out_dir)
+    document = metrics_document(scores, class_names, num_seen, protocol)
+    report = markdown_report(scores, class_names, num_seen, protocol, title)
+    metrics_path = atomic_write_json(out_dir / "metrics.json", document)
+    report_path = atomic_write_text(out_dir / "report.md", report)
+    return metrics_path, report_path
+
+
+def format_scores_line(scores: Mapping[str, Any]) -> str:
+    """One line for logs and the CLI, e.g. `hIoU 0.4012 | mIoU 0.6545 | seen 0.7840 | unseen
+    0.2659` ("—" for NaN)."""
+    parts = (("hIoU", "hiou"), ("mIoU", "miou"), ("seen", "miou_seen"),
+             ("unseen", "miou_unseen"))
+    return " | ".join(f"{label} {_format_number(scores.get(key))}" for label, key in parts)

@@ -1,0 +1,75 @@
+"""Tests of `cagnet.report`: class rows, Markdown, metrics.json and the log line."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from cagnet.metrics import zero_shot_scores
+from cagnet.report import (class_rows, format_scores_line, markdown_report, metrics_document,
+                           write_report)
+
+CLASS_NAMES = ["cat", "dog", "sheep", "sofa"]
+PROTOCOL = {"dataset": "synthetic", "label resolution": "original", "checkpoint": "final.pt"}
+
+
+@pytest.fixture()
+def scores() -> dict:
+    # IoU: 2/3, 0, 3/5, NaN (sofa never occurs); seen = cat, dog; unseen = sheep, sofa.
+    confusion = np.array([[2, 0, 1, 0], [0, 0, 0, 0], [0, 1, 3, 0], [0, 0, 0, 0]])
+    return zero_shot_scores(confusion, seen=[0, 1], unseen=[2, 3])
+
+
+def test_class_rows(scores: dict) -> None:
+    rows = class_rows(scores, CLASS_NAMES, num_seen=2)
+    assert [row["name"] for row in rows] == CLASS_NAMES
+    assert [row["index"] for row in rows] == [0, 1, 2, 3]
+    assert [row["split"] for row in rows] == ["seen", "seen", "unseen", "unseen"]
+    assert rows[0]["iou"] == pytest.approx(2 / 3)
+    assert rows[2]["accuracy"] == pytest.approx(3 / 4)
+    assert math.isnan(rows[3]["iou"])
+    with pytest.raises(ValueError, match="3 class names"):
+        class_rows(scores, CLASS_NAMES[:3], num_seen=2)
+
+
+def test_markdown_report(scores: dict) -> None:
+    text = markdown_report(scores, CLASS_NAMES, 2, PROTOCOL, title="VOC test")
+    assert text.startswith("# VOC test\n")
+    assert "| hIoU | mIoU | S-mIoU | U-mIoU | pixel acc | mean acc |" in text
+    assert "| 0.4286 | 0.4222 | 0.3333 | 0.6000 | 0.7143 | 0.7083 |" in text
+    assert "- label resolution: original" in text
+    assert "| 0 | cat | seen | 0.6667 | 0.6667 |" in text
+    assert "| 1 | dog | seen | 0.0000 | — |" in text
+    assert "| 3 | sofa | unseen | — | — |" in text
+    assert "nan" not in text.lower()
+
+
+def test_metrics_document_and_write_report(tmp_path, scores: dict) -> None:
+    document = metrics_document(scores, CLASS_NAMES, 2, PROTOCOL)
+    assert set(scores) <= set(document)
+    assert document["protocol"] == PROTOCOL and len(document["classes"]) == 4
+
+    metrics_path, report_path = write_report(tmp_path / "eval", scores, CLASS_NAMES, 2, PROTOCOL,
+                                             title="VOC test")
+    assert metrics_path == tmp_path / "eval" / "metrics.json"
+    assert report_path == tmp_path / "eval" / "report.md"
+    text = metrics_path.read_text()
+    assert "NaN" not in text
+    loaded = json.loads(text)
+    assert loaded["iou"][3] is None and loaded["classes"][3]["iou"] is None
+    assert loaded["hiou"] == pytest.approx(3 / 7)
+    assert loaded["classes"][2] == {"name": "sheep", "index": 2, "split": "unseen",
+                                    "iou": pytest.approx(0.6), "accuracy": pytest.approx(0.75)}
+    assert report_path.read_text().startswith("# VOC test")
+    assert [path.name for path in sorted((tmp_path / "eval").iterdir())] == \
+        ["metrics.json", "report.md"]  # no temporary files left behind
+
+
+def test_format_scores_line(scores: dict) -> None:
+    assert format_scores_line(scores) == "hIoU 0.4286 | mIoU 0.4222 | seen 0.3333 | unseen 0.6000"
+    assert format_scores_line({"hiou": math.nan, "miou": 0.5, "miou_seen": 0.5,
+                               "miou_unseen": math.nan}) == \
+        "hIoU — | mIoU 0.5000 | seen 0.5000 | unseen —"
