@@ -1,0 +1,54 @@
+"""The `cagnet` command line: argument parsing only; the work happens in the engine.
+
+Subcommands live in `cagnet/commands/`, one module each, listed in `COMMAND_MODULES`. Every
+subcommand that reads a recipe takes `--config FILE` and any number of `--set section.key=value`
+overrides. Errors the user can fix are printed as one line naming the file, key or value (exit
+status 2), never as a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import Sequence
+
+from cagnet.errors import CagnetError
+
+COMMAND_MODULES = (
+    "cagnet.commands.demo",
+    "cagnet.commands.data",
+    "cagnet.commands.embed",
+    "cagnet.commands.pretrain",
+    "cagnet.commands.train",
+    "cagnet.commands.evaluate",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cagnet", description="Zero-shot semantic "
+                                     "segmentation with context-aware feature generation.")
+    parser.add_argument("--verbose", action="store_true", help="debug logging")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for module_name in COMMAND_MODULES:
+        importlib.import_module(module_name).add_parser(commands)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from cagnet.utils.runtime import configure_logging
+
+    arguments = build_parser().parse_args(argv)
+    configure_logging(arguments.verbose)
+    try:
+        return arguments.handler(arguments)
+    except CagnetError as error:
+        print(f"cagnet: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("cagnet: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

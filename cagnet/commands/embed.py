@@ -1,0 +1,45 @@
+"""`cagnet embed`: class-embedding matrices from word vectors or the original pickles."""
+
+from __future__ import annotations
+
+import argparse
+
+from cagnet.errors import CagnetError
+
+
+def add_parser(commands) -> None:
+    parser = commands.add_parser("embed", help="build a class-embedding matrix from word "
+                                 "vectors, or import the original release's pickles")
+    parser.add_argument("--class-names", help="class-name file (one name per line, line = id)")
+    parser.add_argument("--source", action="append", default=[], metavar="KIND:PATH",
+                        help="word-vector source, in concatenation order; KIND is word2vec, "
+                        "word2vec_binary, fasttext_bin, fasttext_vec or auto (repeatable: "
+                        "'fastnvec' = --source fasttext_bin:FT --source word2vec_binary:W2V)")
+    parser.add_argument("--import-pkl", nargs="+", metavar="PKL", help="original CaGNet/SPNet "
+                        "word-vector pickles, in concatenation order (fasttext.pkl word2vec.pkl)")
+    parser.add_argument("--out", required=True, help="output .npy (a .json sidecar is written "
+                        "beside it)")
+    parser.set_defaults(handler=run)
+
+
+def run(arguments: argparse.Namespace) -> int:
+    from cagnet import class_embeddings
+    from cagnet.datasets.splits import read_class_names
+
+    names = read_class_names(arguments.class_names) if arguments.class_names else None
+    if arguments.import_pkl:
+        matrix, metadata = class_embeddings.import_original_pickles(arguments.import_pkl, names)
+    else:
+        if names is None or not arguments.source:
+            raise CagnetError("embed: give --class-names and at least one --source KIND:PATH, "
+                              "or --import-pkl")
+        sources = []
+        for text in arguments.source:
+            kind, separator, path = text.partition(":")
+            if not separator:
+                kind, path = "auto", text
+            sources.append((kind, path))
+        matrix, metadata = class_embeddings.build_class_embeddings(names, sources)
+    class_embeddings.save_class_embeddings(arguments.out, matrix, metadata)
+    print(f"class embeddings {matrix.shape[0]} x {matrix.shape[1]} written to {arguments.out}")
+    return 0

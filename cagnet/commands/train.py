@@ -1,0 +1,41 @@
+"""`cagnet train` (step 1) and `cagnet finetune` (the mixed schedule)."""
+
+from __future__ import annotations
+
+import argparse
+
+from cagnet.commands.common import add_config_arguments
+from cagnet.errors import CagnetError
+
+
+def add_parser(commands) -> None:
+    for name, help_text in (("train", "step 1: train the whole model on seen classes"),
+                            ("finetune", "the mixed step-1 / step-2 schedule from a step-1 "
+                             "checkpoint")):
+        parser = commands.add_parser(name, help=help_text)
+        add_config_arguments(parser)
+        parser.add_argument("--output-dir", required=True, help="run directory")
+        parser.add_argument("--resume", action="store_true",
+                            help="continue from the newest valid checkpoint in --output-dir")
+        parser.add_argument("--overwrite", action="store_true",
+                            help="start over in a run directory that holds checkpoints")
+        if name == "finetune":
+            parser.add_argument("--from", dest="init_checkpoint", required=True,
+                                help="the step-1 checkpoint")
+        parser.set_defaults(handler=run)
+
+
+def run(arguments: argparse.Namespace) -> int:
+    from cagnet.config import load_config
+    from cagnet.engine.trainer import train
+
+    config = load_config(arguments.config, arguments.overrides)
+    if arguments.command == "finetune" and config.train.stage != "finetune":
+        raise CagnetError(f"{arguments.config}: train.stage is {config.train.stage!r}; "
+                          "`cagnet finetune` needs a finetune recipe (train.stage: finetune)")
+    if arguments.command == "train" and config.train.stage != "step1":
+        raise CagnetError(f"{arguments.config}: train.stage is {config.train.stage!r}; use "
+                          "`cagnet finetune --from STEP1_CHECKPOINT` for finetune recipes")
+    train(config, arguments.output_dir, resume=arguments.resume, overwrite=arguments.overwrite,
+          init_checkpoint=getattr(arguments, "init_checkpoint", None))
+    return 0

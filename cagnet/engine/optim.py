@@ -1,0 +1,107 @@
+"""Optimisers with the parameter groups of method.md §3.3, and their learning rates per
+iteration.
+
+Backbone: SGD with groups trunk 1x, contextual module 5x, ASPP weights 10x, ASPP biases 20x (no
+weight decay); poly decay. Discriminator and generator: Adam with step decay. Frozen BatchNorm
+parameters and (by default, as in the original) the contextual module's scale selector are not
+trainable and belong to no group.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from cagnet.config import OptimConfig
+from cagnet.engine.schedules import poly_lr, step_decay
+
+
+@dataclass
+class Optimizers:
+    """The three optimisers of CaGNet; `backbone` is None when the backbone is frozen."""
+
+    backbone: torch.optim.Optimizer | None
+    discriminator: torch.optim.Optimizer
+    generator: torch.optim.Optimizer
+
+    def named(self) -> dict[str, torch.optim.Optimizer]:
+        items = {"discriminator": self.discriminator, "generator": self.generator}
+        if self.backbone is not None:
+            items["backbone"] = self.backbone
+        return items
+
+    def zero_grad(self) -> None:
+        for optimizer in self.named().values():
+            optimizer.zero_grad(set_to_none=True)
+
+    def state_dict(self) -> dict:
+        return {name: optimizer.state_dict() for name, optimizer in self.named().items()}
+
+    def load_state_dict(self, state: dict) -> None:
+        for name, optimizer in self.named().items():
+            if name in state:
+                optimizer.load_state_dict(state[name])
+
+
+def backbone_parameter_groups(model: nn.Module, optim: OptimConfig) -> list[dict]:
+    """Split the trainable parameters of `model.backbone` and `model.context` into the four
+    learning-rate groups. Any backbone without an `aspp` attribute puts everything in the trunk
+    group (pluggable backbones)."""
+    aspp = getattr(model.backbone, "aspp", None)
+    aspp_ids = {id(p) for p in aspp.parameters()} if aspp is not None else set()
+    trunk = [p for p in model.backbone.parameters() if p.requires_grad and id(p) not in aspp_ids]
+    aspp_weights = [p for p in (aspp.parameters() if aspp is not None else [])
+                    if p.requires_grad and p.ndim > 1]
+    aspp_biases = [p for p in (aspp.parameters() if aspp is not None else [])
+                   if p.requires_grad and p.ndim == 1]
+    context = [p for p in model.context.parameters() if p.requires_grad]
+    groups = [
+        {"params": trunk, "lr_mult": optim.lr_mult_trunk, "name": "trunk"},
+        {"params": context, "lr_mult": optim.lr_mult_context, "name": "context"},
+        {"params": aspp_weights, "lr_mult": optim.lr_mult_aspp_weight, "name": "aspp_weight"},
+        {"params": aspp_biases, "lr_mult": optim.lr_mult_aspp_bias, "name": "aspp_bias",
+         "weight_decay": 0.0},
+    ]
+    return [group for group in groups if group["params"]]
+
+
+def build_optimizers(model: nn.Module, optim: OptimConfig, train_backbone: bool) -> Optimizers:
+    """The optimisers for `model` (a `CaGNet`); learning rates are set per iteration by
+    `set_learning_rates`."""
+    backbone = None
+    if train_backbone:
+        backbone = torch.optim.SGD(backbone_parameter_groups(model, optim), lr=optim.backbone_lr,
+                                   momentum=optim.backbone_momentum,
+                                   weight_decay=optim.backbone_weight_decay)
+    betas = (optim.adam_betas[0], optim.adam_betas[1])
+    discriminator = torch.optim.Adam(model.discriminator.parameters(), lr=optim.discriminator_lr,
+                                     betas=betas, weight_decay=optim.discriminator_weight_decay)
+    generator = torch.optim.Adam(model.generator.parameters(), lr=optim.generator_lr,
+                                 betas=betas, weight_decay=optim.generator_weight_decay)
+    for optimizer in (discriminator, generator):
+        for group in optimizer.param_groups:
+            group["lr_mult"] = 1.0
+    return Optimizers(backbone, discriminator, generator)
+
+
+def learning_rates(iteration: int, total_iterations: int, optim: OptimConfig) -> dict[str, float]:
+    """Base learning rates of the three optimisers at `iteration` (before group multipliers)."""
+    d, g = optim.discriminator_decay, optim.generator_decay
+    return {
+        "backbone": poly_lr(optim.backbone_lr, iteration, total_iterations, optim.poly_power,
+                            optim.poly_refresh),
+        "discriminator": optim.discriminator_lr * step_decay(iteration, d.start, d.step, d.gamma),
+        "generator": optim.generator_lr * step_decay(iteration, g.start, g.step, g.gamma),
+    }
+
+
+def set_learning_rates(optimizers: Optimizers, iteration: int, total_iterations: int,
+                       optim: OptimConfig) -> dict[str, float]:
+    """Apply `learning_rates` to every parameter group; returns the base rates for logging."""
+    rates = learning_rates(iteration, total_iterations, optim)
+    for name, optimizer in optimizers.named().items():
+        for group in optimizer.param_groups:
+            group["lr"] = rates[name] * group.get("lr_mult", 1.0)
+    return rates
