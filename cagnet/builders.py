@@ -6,6 +6,7 @@ Each builder reads the config sections it needs and passes plain values to the c
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,17 +55,28 @@ def build_benchmark(config: Config) -> Benchmark:
     return Benchmark(split, rows, metadata, embedding_path)
 
 
-def build_model(model: ModelConfig, class_embeddings: np.ndarray, num_seen: int
+def build_model(model: ModelConfig, class_embeddings: np.ndarray, num_seen: int,
+                trunk: torch.nn.Module | None = None, trunk_channels: int | None = None
                 ) -> torch.nn.Module:
     """The composed CaGNet. The embedding, latent and feature dimensions all come from the
-    embedding matrix, never from a constant."""
+    embedding matrix, never from a constant.
+
+    `trunk` replaces the DeepLab-v2 ResNet (`model.blocks_per_stage` / `base_width` are then
+    unused): any module mapping (B, 3, H, W) images to (B, C, h, w) features, with C =
+    `trunk_channels` (measured by a dummy forward when None); the ASPP maps C -> E
+    (`cagnet.models.pluggable.TrunkWithASPP`)."""
     from cagnet.models import CaGNet, ContextualModule, DeepLabV2, Discriminator, Generator
 
     embeddings = torch.as_tensor(class_embeddings, dtype=torch.float32)
     embed_dim = embeddings.shape[1]
-    backbone = DeepLabV2(blocks_per_stage=tuple(model.blocks_per_stage),
-                         base_width=model.base_width, embed_dim=embed_dim,
-                         aspp_dilations=tuple(model.aspp_dilations))
+    if trunk is not None:
+        from cagnet.models.pluggable import TrunkWithASPP
+
+        backbone = TrunkWithASPP(trunk, trunk_channels, embed_dim, tuple(model.aspp_dilations))
+    else:
+        backbone = DeepLabV2(blocks_per_stage=tuple(model.blocks_per_stage),
+                             base_width=model.base_width, embed_dim=embed_dim,
+                             aspp_dilations=tuple(model.aspp_dilations))
     context = ContextualModule(embed_dim=embed_dim, hidden_channels=model.context_channels,
                                dilations=tuple(model.context_dilations),
                                relu_before_selector=model.relu_before_selector,
@@ -114,27 +126,43 @@ def load_backbone_init(model: torch.nn.Module, path: str | Path) -> list[str]:
 
 
 def build_datasets(data: DataConfig, split, seed: int, train: bool = True, eval_warp: int = 513):
-    """The training dataset (random augmentation) or the test dataset (warp only)."""
-    from cagnet.datasets.segmentation import SegmentationDataset
-    from cagnet.datasets.splits import read_id_list
+    """The training dataset (random augmentation) or the test dataset (warp only), read in
+    `data.layout` (cagnet/datasets/benchmarks.py); with `data.drop_images_with_unseen` the
+    training ids holding unseen-class pixels are removed (masks read once, here)."""
+    from cagnet.datasets import benchmarks
     from cagnet.datasets.transforms import EvalTransform, TrainTransform
 
     root = Path(data.root)
     if not root.is_dir():
         raise DataError(f"data.root: dataset folder not found: {root}")
     mean = tuple(data.mean_bgr)
+    source = benchmarks.label_source(data, root, split.class_names)
     if train:
-        ids = read_id_list(resolve_path(data.train_list, root))
+        ids = benchmarks.read_image_ids(resolve_path(data.train_list, root), data, root)
+        if data.drop_images_with_unseen:
+            ids = benchmarks.drop_images_with_unseen(ids, source, split.unseen_ids,
+                                                     data.on_bad_sample == "skip",
+                                                     max(1, data.num_workers))
         transform = TrainTransform(mean, data.warp_size, data.crop_size, data.scale_min,
                                    data.scale_max, data.flip)
         lookup = split.train_lookup()
+        if data.pseudo_label_dir:
+            # Self-training: labels from the pseudo-label folder (seen ids, pseudo-labelled
+            # unseen ids, 255), with unseen ids -> S..S+U-1. The folder's maps never hold a
+            # true unseen label: they were built from the training labels, where it is 255.
+            folder = resolve_path(data.pseudo_label_dir)
+            if not folder.is_dir():
+                raise DataError(f"data.pseudo_label_dir: folder not found: {folder}")
+            data = dataclasses.replace(data, layout="folders", label_dir=str(folder.resolve()),
+                                       label_suffix=".png")
+            source = benchmarks.label_source(data, root, split.class_names)
+            lookup = split.test_lookup()
     else:
-        ids = read_id_list(resolve_path(data.val_list, root))
+        ids = benchmarks.read_image_ids(resolve_path(data.val_list, root), data, root)
         transform = EvalTransform(mean, eval_warp)
         lookup = split.test_lookup()
-    return SegmentationDataset(root, ids, data.image_dir, data.label_dir, data.image_suffix,
-                               data.label_suffix, lookup, split.known_ids(), transform,
-                               seed=seed, on_bad_sample=data.on_bad_sample)
+    return benchmarks.make_dataset(data, root, ids, source, lookup, split.known_ids(),
+                                   transform, seed)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -153,3 +181,32 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"train.device: {name!r} requested but CUDA is not available")
     return device
+
+
+def pretrain_from_config(config: Config, out_path: str | Path, show_progress: bool = True
+                         ) -> dict:
+    """`cagnet pretrain`: build the configured backbone (its ASPP sized to the embedding file's
+    dimension) and pretrain it on `config.pretrain.corpus`; returns the summary."""
+    from cagnet.engine.pretrain import pretrain_backbone
+    from cagnet.models import DeepLabV2
+
+    if not config.pretrain.corpus:
+        raise ConfigError("pretrain.corpus: no corpus folder configured")
+    embed_dim = 8
+    if config.pretrain.include_aspp:
+        from cagnet.class_embeddings import load_class_embeddings
+
+        matrix, _ = load_class_embeddings(resolve_path(config.embeddings.path, config.data.root))
+        embed_dim = matrix.shape[1]
+    backbone = DeepLabV2(blocks_per_stage=tuple(config.model.blocks_per_stage),
+                         base_width=config.model.base_width, embed_dim=embed_dim,
+                         aspp_dilations=tuple(config.model.aspp_dilations))
+    torch.manual_seed(config.train.seed)
+    pretrain = config.pretrain
+    return pretrain_backbone(
+        backbone, resolve_path(pretrain.corpus, config.data.root), out_path,
+        image_size=pretrain.image_size, iterations=pretrain.iterations,
+        batch_size=pretrain.batch_size, lr=pretrain.lr, momentum=pretrain.momentum,
+        weight_decay=pretrain.weight_decay, mean_bgr=config.data.mean_bgr, seed=config.train.seed,
+        device=resolve_device(config.train.device), include_aspp=pretrain.include_aspp,
+        aspp_lr_mult=pretrain.aspp_lr_mult, show_progress=show_progress)

@@ -296,9 +296,9 @@ def import_original_pickles(pickle_paths: Sequence[str | os.PathLike],
 
 def _check_matrix(matrix: np.ndarray, where: str) -> np.ndarray:
     """Validate a class-embedding matrix: 2-D, numeric, finite, no zero row."""
-    if matrix.ndim != 2:
-        raise EmbeddingError(f"{where}: class embeddings must be 2-D (num_ids, dim), got shape "
-                             f"{matrix.shape}")
+    if matrix.ndim != 2 or 0 in matrix.shape:
+        raise EmbeddingError(f"{where}: class embeddings must be 2-D (num_ids, dim) and "
+                             f"non-empty, got shape {matrix.shape}")
     if not (np.issubdtype(matrix.dtype, np.floating) or np.issubdtype(matrix.dtype, np.integer)):
         raise EmbeddingError(f"{where}: class embeddings must be numeric, got {matrix.dtype}")
     bad = np.flatnonzero(~np.isfinite(matrix).all(axis=1))
@@ -336,8 +336,8 @@ def _read_sidecar(npy_path: Path) -> dict:
         return {}
     try:
         metadata = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as error:
-        raise EmbeddingError(f"{path}: unreadable embedding sidecar ({error})") from error
+    except (OSError, ValueError, RecursionError) as error:
+        raise EmbeddingError(f"{path}: unreadable embedding sidecar ({error})") from None
     if not isinstance(metadata, dict):
         raise EmbeddingError(f"{path}: embedding sidecar must be a JSON object")
     return metadata
@@ -366,8 +366,13 @@ def load_class_embeddings(npy_path: str | os.PathLike, expected_rows: int | None
         raise EmbeddingError(f"class-embedding file not found: {npy_path}")
     try:
         matrix = np.load(npy_path, allow_pickle=False)
-    except (OSError, ValueError) as error:
-        raise EmbeddingError(f"{npy_path}: not a readable .npy array ({error})") from error
+    except Exception as error:  # numpy raises OSError, ValueError, EOFError, BadZipFile, ...
+        raise EmbeddingError(f"{npy_path}: not a readable .npy array "
+                             f"({type(error).__name__}: {error})") from None
+    if not isinstance(matrix, np.ndarray):  # an .npz archive
+        if hasattr(matrix, "close"):
+            matrix.close()
+        raise EmbeddingError(f"{npy_path}: expected one .npy array, got an .npz archive")
     matrix = _check_matrix(matrix, str(npy_path)).astype(np.float64)
     if expected_rows is None and class_names is not None:
         expected_rows = len(class_names)
@@ -377,6 +382,9 @@ def load_class_embeddings(npy_path: str | os.PathLike, expected_rows: int | None
                              f"line, background included)")
     metadata = _read_sidecar(npy_path)
     stored_names = metadata.get("class_names")
+    if stored_names is not None and not isinstance(stored_names, list):
+        raise EmbeddingError(f"{sidecar_path(npy_path)}: 'class_names' must be a list, got "
+                             f"{type(stored_names).__name__}")
     if class_names is not None and stored_names is not None \
             and list(stored_names) != list(class_names):
         differences = [f"{index}: '{stored}' vs '{given}'" for index, (stored, given)

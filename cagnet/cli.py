@@ -13,6 +13,7 @@ import importlib
 import sys
 from typing import Sequence
 
+from cagnet.engine.signals import RunStopped
 from cagnet.errors import CagnetError
 
 COMMAND_MODULES = (
@@ -22,6 +23,12 @@ COMMAND_MODULES = (
     "cagnet.commands.pretrain",
     "cagnet.commands.train",
     "cagnet.commands.evaluate",
+    "cagnet.commands.audit",
+    "cagnet.commands.import_checkpoint",
+    "cagnet.commands.predict",
+    "cagnet.commands.extend",
+    "cagnet.commands.compare",
+    "cagnet.commands.calibrate",
 )
 
 
@@ -45,6 +52,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CagnetError as error:
         print(f"cagnet: error: {error}", file=sys.stderr)
         return 2
+    except RunStopped as stop:  # SIGTERM / SIGINT: checkpoint written, exit 128 + signal
+        print(f"cagnet: {stop}", file=sys.stderr)
+        return stop.exit_code
     except KeyboardInterrupt:
         print("cagnet: interrupted", file=sys.stderr)
         return 130

@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +44,21 @@ class DataConfig:
     mean_bgr: list[float] = field(default_factory=lambda: [104.008, 116.669, 122.675])
     num_workers: int = 2
     on_bad_sample: str = "error"
+    # Where labels come from (cagnet/datasets/benchmarks.py): "folders" = index PNGs in
+    # label_dir; "voc_sbd" = VOC PNG in label_dir, else the SBD `cls/<id>.mat` under sbd_root;
+    # "context_mat" = Pascal-Context 459-label `.mat` files in label_dir, mapped by name through
+    # label_names (labels.txt); "cocostuff" = PNGs, with the id lists derived from the
+    # folders when the list file is absent.
+    layout: str = "folders"
+    sbd_root: str = ""
+    label_names: str = ""
+    # ZS3Net protocol: remove training images that contain any unseen-class pixel.
+    drop_images_with_unseen: bool = False
+    # Self-training only (cagnet/baselines/pseudo_labels.py writes it): a folder of
+    # `<id>.png` training labels in dataset ids, pseudo-labelled unseen pixels included. When
+    # set, training labels come from there and unseen ids map to their model index S..S+U-1;
+    # empty (the default) keeps the protocol: no unseen label value reaches a loss.
+    pseudo_label_dir: str = ""
 
 
 @dataclass
@@ -140,10 +156,20 @@ class TrainConfig:
     eval_interval: int = 0
     checkpoint_interval: int = 1000
     max_nonfinite_steps: int = 5
+    # After max_nonfinite_steps non-finite losses in a row: "stop" (TrainingError) or
+    # "rollback" to the last good checkpoint with every learning rate x rollback_lr_factor
+    # (at most max_rollbacks times). See cagnet/engine/faults.py.
+    on_nonfinite: str = "stop"
+    rollback_lr_factor: float = 0.5
+    max_rollbacks: int = 3
     seed: int = 0
     deterministic: bool = False
     device: str = "auto"
+    # Mixed precision: "none" | "bf16" | "fp16" (fp16 adds a GradScaler); loss terms stay fp32.
     amp: str = "none"
+    # NHWC memory format for images and conv weights; torch.compile of the backbone forward.
+    channels_last: bool = False
+    compile: bool = False
     threads: int = 0
 
 
@@ -165,12 +191,56 @@ class PretrainConfig:
     shapes benchmark's stand-in for ImageNet initialisation."""
 
     corpus: str = ""
+    include_aspp: bool = True
+    aspp_lr_mult: float = 0.1
     image_size: int = 64
     iterations: int = 1000
     batch_size: int = 32
     lr: float = 0.05
     momentum: float = 0.9
     weight_decay: float = 1e-4
+
+
+@dataclass
+class Zs3NetConfig:
+    """ZS3Net (method.md §7): the GMMN generator and the retrained classifier. The classifier
+    is the CaGNet discriminator's trunk + cls head; its optimiser is `optim.discriminator_*`."""
+
+    hidden: int = 256
+    dropout: float = 0.5
+    mmd_sigmas: list[float] = field(default_factory=lambda: [2.0, 5.0, 10.0, 20.0, 40.0, 80.0])
+    pixels_per_class: int = 128
+    generator_iterations: int = 2000
+    generator_lr: float = 2e-4
+    classifier_iterations: int = 2000
+    unseen_weight: float = 100.0
+    # Generated pixels per unseen class in each classifier batch; 0 = as many as the average
+    # seen class has real labelled pixels in that batch.
+    generated_pixels_per_class: int = 0
+
+
+@dataclass
+class BaselineConfig:
+    """Which network a run trains and a checkpoint holds (cagnet/baselines/methods.py):
+    `cagnet`, `spnet` or `zs3net` (a CaGNet model whose classifier ZS3Net retrained)."""
+
+    method: str = "cagnet"
+    zs3net: Zs3NetConfig = field(default_factory=Zs3NetConfig)
+
+
+@dataclass
+class SelfTrainingConfig:
+    """Pseudo-labelling of ignored training pixels (method.md §5, cagnet/baselines).
+
+    `top_p` (CaGNet): a pixel gets the best-ranked unseen class when one is among its top_p
+    predictions (released CaGNet ST configs: VOC 1, Context 16, COCO-Stuff 1). `top_percent`
+    (ZS3Net): per image, the top_percent % most confident pixels predicted as unseen.
+    `zero_embedding_for_pseudo_labels`: the original's quirk, a zero generator condition for
+    pseudo-labelled pixels in step-1 iterations."""
+
+    top_p: int = 1
+    top_percent: float = 75.0
+    zero_embedding_for_pseudo_labels: bool = False
 
 
 @dataclass
@@ -186,16 +256,21 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    baseline: BaselineConfig = field(default_factory=BaselineConfig)
+    self_training: SelfTrainingConfig = field(default_factory=SelfTrainingConfig)
 
 
 CHOICES: dict[str, tuple[str, ...]] = {
     "data.on_bad_sample": ("error", "skip"),
+    "data.layout": ("folders", "voc_sbd", "context_mat", "cocostuff"),
     "loss.adversarial": ("l1", "lsgan", "gan", "wgan_gp"),
     "loss.content": ("mmd", "l1", "mse"),
     "loss.mmd_grouping": ("class", "raster_runs"),
     "train.stage": ("step1", "finetune"),
     "train.amp": ("none", "bf16", "fp16"),
+    "train.on_nonfinite": ("stop", "rollback"),
     "eval.protocol": ("full", "original"),
+    "baseline.method": ("cagnet", "spnet", "zs3net"),
 }
 
 
@@ -266,11 +341,13 @@ def validate(config: Config) -> None:
     for key, value in positive.items():
         if value <= 0:
             raise ConfigError(f"{key}: expected a positive number, got {value}")
-    if config.data.crop_size > config.data.warp_size * config.data.scale_max:
+    if config.data.crop_size > config.data.warp_size:
+        # The warped image at scale 1 must hold a whole crop; padding (label 255) only comes
+        # from down-scaling, as in DeepLab. A larger crop is almost always a swapped pair.
         raise ConfigError(
-            f"data.crop_size ({config.data.crop_size}) is larger than the largest scaled warp "
-            f"(data.warp_size {config.data.warp_size} x data.scale_max {config.data.scale_max}): "
-            "every crop would be mostly padding; expected crop_size <= warp_size * scale_max")
+            f"data.crop_size ({config.data.crop_size}) is larger than data.warp_size "
+            f"({config.data.warp_size}): expected crop_size <= warp_size (the crop is cut from "
+            "the image warped to warp_size x warp_size, then scaled)")
     if not 0 < config.data.scale_min <= config.data.scale_max:
         raise ConfigError(f"data.scale_min/scale_max: expected 0 < min <= max, got "
                           f"{config.data.scale_min} and {config.data.scale_max}")
@@ -300,10 +377,81 @@ def validate(config: Config) -> None:
         if decay.step <= 0 or decay.start < 0:
             raise ConfigError(f"optim.{name}: expected start >= 0 and step > 0, got "
                               f"start {decay.start}, step {decay.step}")
+    _validate_numbers(config)
+    _validate_baselines(config)
     if config.train.gen_unseen_rate < 0:
         raise ConfigError(f"train.gen_unseen_rate: expected >= 0, got {config.train.gen_unseen_rate}")
     if config.data.num_workers < 0:
         raise ConfigError(f"data.num_workers: expected >= 0, got {config.data.num_workers}")
+    if config.data.layout == "voc_sbd" and not config.data.sbd_root:
+        raise ConfigError("data.sbd_root: data.layout voc_sbd needs the SBD folder "
+                          "(benchmark_RELEASE or benchmark_RELEASE/dataset, holding cls/<id>.mat)")
+    if config.data.layout == "context_mat" and config.data.label_suffix != ".mat":
+        raise ConfigError("data.label_suffix: data.layout context_mat reads the 459-label "
+                          f"'.mat' files; expected '.mat', got {config.data.label_suffix!r}")
+
+
+def _validate_baselines(config: Config) -> None:
+    """Ranges of the `baseline` and `self_training` sections."""
+    zs3net = config.baseline.zs3net
+    for key in ("hidden", "pixels_per_class", "generator_iterations", "classifier_iterations"):
+        if getattr(zs3net, key) <= 0:
+            raise ConfigError(f"baseline.zs3net.{key}: expected a positive number, got "
+                              f"{getattr(zs3net, key)}")
+    if not 0.0 <= zs3net.dropout < 1.0:
+        raise ConfigError(f"baseline.zs3net.dropout: expected a rate in [0, 1), got "
+                          f"{zs3net.dropout}")
+    if zs3net.generated_pixels_per_class < 0 or zs3net.unseen_weight <= 0 \
+            or zs3net.generator_lr < 0 or not zs3net.mmd_sigmas \
+            or min(zs3net.mmd_sigmas) <= 0:
+        raise ConfigError("baseline.zs3net: expected generated_pixels_per_class >= 0, "
+                          "unseen_weight > 0, generator_lr >= 0 and positive mmd_sigmas, got "
+                          f"{zs3net.generated_pixels_per_class}, {zs3net.unseen_weight}, "
+                          f"{zs3net.generator_lr}, {zs3net.mmd_sigmas}")
+    if config.self_training.top_p < 1:
+        raise ConfigError(f"self_training.top_p: expected >= 1, got {config.self_training.top_p}")
+    if not 0.0 < config.self_training.top_percent <= 100.0:
+        raise ConfigError("self_training.top_percent: expected a percentage in (0, 100], got "
+                          f"{config.self_training.top_percent}")
+
+
+def _non_finite_floats(node: Any, prefix: str) -> list[str]:
+    """Dotted keys of every NaN / Inf float in a config (sub)tree."""
+    if dataclasses.is_dataclass(node):
+        return [key for item in dataclasses.fields(node)
+                for key in _non_finite_floats(getattr(node, item.name), f"{prefix}{item.name}.")]
+    values = node if isinstance(node, list) else [node]
+    bad = any(isinstance(value, float) and not math.isfinite(value) for value in values)
+    return [prefix.rstrip(".")] if bad else []
+
+
+def _validate_numbers(config: Config) -> None:
+    """Finite floats everywhere; ranges the optimisers and the fault policy require."""
+    bad = _non_finite_floats(config, "")
+    if bad:
+        raise ConfigError(f"{bad[0]}: expected a finite number, got NaN or Inf")
+    optim = config.optim
+    for key in ("backbone_lr", "discriminator_lr", "generator_lr", "backbone_weight_decay",
+                "discriminator_weight_decay", "generator_weight_decay", "poly_power"):
+        if getattr(optim, key) < 0:
+            raise ConfigError(f"optim.{key}: expected >= 0, got {getattr(optim, key)}")
+    if not 0 <= optim.backbone_momentum < 1:
+        raise ConfigError(f"optim.backbone_momentum: expected a value in [0, 1), got "
+                          f"{optim.backbone_momentum}")
+    if any(not 0 <= beta < 1 for beta in optim.adam_betas):
+        raise ConfigError(f"optim.adam_betas: expected two values in [0, 1), got "
+                          f"{optim.adam_betas}")
+    if not 0 < config.train.rollback_lr_factor < 1:
+        raise ConfigError("train.rollback_lr_factor: expected a factor in (0, 1), got "
+                          f"{config.train.rollback_lr_factor}")
+    if config.train.max_rollbacks < 0:
+        raise ConfigError(f"train.max_rollbacks: expected >= 0, got {config.train.max_rollbacks}")
+    for key in ("aspp_dilations", "context_dilations", "generator_hidden"):
+        values = getattr(config.model, key)
+        if (not values and key != "generator_hidden") or any(value < 1 for value in values):
+            raise ConfigError(f"model.{key}: expected a list of positive integers"
+                              f"{'' if key == 'generator_hidden' else ' (at least one)'}, "
+                              f"got {values}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -317,8 +465,8 @@ def _read_recipe(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
         raise ConfigError(f"{path}: 'inherit' forms a cycle")
     try:
         content = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as error:
-        raise ConfigError(f"{path}: not valid YAML ({error})") from None
+    except (yaml.YAMLError, UnicodeDecodeError, RecursionError) as error:
+        raise ConfigError(f"{path}: not valid YAML ({str(error)[:300]})") from None
     if content is None:
         content = {}
     if not isinstance(content, dict):
@@ -349,7 +497,7 @@ def _parse_override(text: str) -> tuple[str, Any]:
         raise ConfigError(f"override {text!r}: expected the form section.key=value")
     try:
         parsed = yaml.safe_load(value) if value.strip() else ""
-    except yaml.YAMLError:
+    except (yaml.YAMLError, RecursionError):
         parsed = value
     return key.strip(), parsed
 
@@ -371,9 +519,9 @@ def _build(cls: type, values: Any, prefix: str) -> Any:
         raise ConfigError(f"{where}: expected a section (mapping), got {values!r}")
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
-    unknown = sorted(set(values) - set(names))
+    unknown = sorted(str(key) for key in set(values) - set(names))
     if unknown:
-        raise ConfigError(f"unknown key {prefix}{unknown[0]!s}; valid keys in {where}: "
+        raise ConfigError(f"unknown key {prefix}{unknown[0]}; valid keys in {where}: "
                           f"{', '.join(names)}")
     arguments = {}
     for name in names:
@@ -381,6 +529,9 @@ def _build(cls: type, values: Any, prefix: str) -> Any:
             arguments[name] = _check(hints[name], values[name], f"{prefix}{name}")
     instance = cls(**arguments)
     return instance
+
+
+_FLOAT_PATTERN = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 
 
 def _check(expected: Any, value: Any, key: str) -> Any:
@@ -399,7 +550,13 @@ def _check(expected: Any, value: Any, key: str) -> Any:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
     elif expected is float:
+        if isinstance(value, int) and not isinstance(value, bool) \
+                and abs(value) > 2 ** 1023:
+            raise ConfigError(f"{key}: expected a float, got an integer too large for one")
         if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str) and _FLOAT_PATTERN.fullmatch(value.strip()):
+            # YAML 1.1 reads exponent floats without a dot ("1e-4") as strings.
             return float(value)
     elif expected is str:
         if isinstance(value, str):

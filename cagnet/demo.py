@@ -18,9 +18,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-import torch
-
-from cagnet.builders import PROJECT_ROOT, resolve_device
+from cagnet.builders import PROJECT_ROOT
 from cagnet.config import Config, load_config
 from cagnet.errors import ConfigError
 
@@ -48,33 +46,20 @@ def prepare_shapes(data_dir: Path, seed: int) -> Path:
 
 
 def pretrained_init(config: Config, out_dir: Path) -> Path:
-    """The pretrained trunk for `config`'s backbone shape, trained once and cached."""
-    from cagnet.engine.pretrain import pretrain_backbone
-    from cagnet.models import DeepLabV2
+    """The pretrained backbone for `config`, trained once and cached by its settings."""
+    from cagnet.builders import pretrain_from_config
+    from cagnet.config import config_to_dict
+    from cagnet.utils.io import atomic_write_json
 
-    signature = {"blocks": config.model.blocks_per_stage, "width": config.model.base_width,
-                 "corpus": config.pretrain.corpus, "iterations": config.pretrain.iterations,
-                 "image_size": config.pretrain.image_size, "lr": config.pretrain.lr,
-                 "batch_size": config.pretrain.batch_size, "seed": config.train.seed}
+    signature = {"model": config_to_dict(config)["model"], "embeddings": config.embeddings.path,
+                 "pretrain": config_to_dict(config)["pretrain"], "seed": config.train.seed}
     path = out_dir / "backbone_init.pt"
     signature_file = out_dir / "settings.json"
     if path.is_file() and signature_file.is_file() \
             and json.loads(signature_file.read_text()) == signature:
-        LOGGER.info("reusing the pretrained trunk %s", path)
+        LOGGER.info("reusing the pretrained backbone %s", path)
         return path
-    backbone = DeepLabV2(blocks_per_stage=tuple(config.model.blocks_per_stage),
-                         base_width=config.model.base_width, embed_dim=8,
-                         aspp_dilations=tuple(config.model.aspp_dilations))
-    torch.manual_seed(config.train.seed)
-    pretrain_backbone(backbone, config.pretrain.corpus, path,
-                      image_size=config.pretrain.image_size,
-                      iterations=config.pretrain.iterations,
-                      batch_size=config.pretrain.batch_size, lr=config.pretrain.lr,
-                      momentum=config.pretrain.momentum,
-                      weight_decay=config.pretrain.weight_decay, mean_bgr=config.data.mean_bgr,
-                      seed=config.train.seed, device=resolve_device(config.train.device))
-    from cagnet.utils.io import atomic_write_json
-
+    pretrain_from_config(config, path)
     atomic_write_json(signature_file, signature)
     return path
 

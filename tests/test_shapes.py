@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cagnet.datasets.shapes import (COLOURS, SHAPES, class_names, generate_shapes_benchmark,
+from cagnet.datasets.shapes import (COLOURS, PATTERNS, class_names, generate_shapes_benchmark,
                                     is_shapes_benchmark)
 from cagnet.datasets.shapes_drawing import add_void_boundary, voc_palette
 from cagnet.datasets.splits import read_class_names, read_split
@@ -44,7 +44,7 @@ def test_layout(benchmark: tuple[Path, dict]) -> None:
     names = read_class_names(root / "class_names.txt")
     assert names == class_names() == summary["class_names"]
     assert names[0] == "background" and len(names) == 17
-    assert names[1] == "red circle" and names[16] == "yellow star"  # colour-major ids
+    assert names[1] == "plain red" and names[16] == "checkered yellow"  # pattern-major ids
     assert summary["counts"] == {"train": 12, "val": 6, "pretrain": 32}
     assert not list(root.rglob("*.tmp")), "temporary files left behind"
 
@@ -84,13 +84,13 @@ def test_split_is_a_latin_square(benchmark: tuple[Path, dict]) -> None:
     assert len(seen) == 12 and len(unseen) == 4 and not set(seen) & set(unseen)
     assert sorted(seen + unseen) == sorted(names[1:])
     assert (seen, unseen) == (summary["seen"], summary["unseen"])
-    seen_colours = [name.split()[0] for name in seen]
-    seen_shapes = [name.split()[1] for name in seen]
+    seen_patterns = [name.split()[0] for name in seen]
+    seen_colours = [name.split()[1] for name in seen]
     for name in unseen:
-        colour, shape = name.split()
-        assert seen_colours.count(colour) == 3 and seen_shapes.count(shape) == 3
-    assert sorted(name.split()[0] for name in unseen) == sorted(COLOURS)
-    assert sorted(name.split()[1] for name in unseen) == sorted(SHAPES)
+        pattern, colour = name.split()
+        assert seen_colours.count(colour) == 3 and seen_patterns.count(pattern) == 3
+    assert sorted(name.split()[0] for name in unseen) == sorted(PATTERNS)
+    assert sorted(name.split()[1] for name in unseen) == sorted(COLOURS)
 
 
 def test_unseen_objects_in_train_and_val(benchmark: tuple[Path, dict]) -> None:

@@ -1,8 +1,11 @@
-"""`cagnet data ...`: dataset tools."""
+"""`cagnet data ...`: dataset tools: the synthetic benchmark, preparing the official archives
+(`prepare-voc`, `prepare-cocostuff`) and checking a dataset on disk (`check`)."""
 
 from __future__ import annotations
 
 import argparse
+
+BENCHMARK_RECIPES = ("voc12", "context", "cocostuff")
 
 
 def add_parser(commands) -> None:
@@ -16,6 +19,33 @@ def add_parser(commands) -> None:
     shapes.add_argument("--num-pretrain", type=int, default=3200)
     shapes.set_defaults(handler=run_shapes)
 
+    voc = tools.add_parser("prepare-voc", help="derive the 10,582-image train_aug list from "
+                           "VOC 2012 + SBD and build SegmentationClassAug/ index PNGs")
+    voc.add_argument("--voc", required=True, help="VOCdevkit/VOC2012")
+    voc.add_argument("--sbd", required=True, help="SBD: benchmark_RELEASE (or its dataset/)")
+    voc.add_argument("--workers", type=int, default=4)
+    voc.set_defaults(handler=run_prepare_voc)
+
+    coco = tools.add_parser("prepare-cocostuff", help="write train2017.txt / val2017.txt id "
+                            "lists from the COCO-Stuff 164k folders")
+    coco.add_argument("--root", required=True, help="folder holding images/ and annotations/")
+    coco.add_argument("--out-dir", default=None, help="where the lists go (default: --root)")
+    coco.set_defaults(handler=run_prepare_cocostuff)
+
+    check = tools.add_parser("check", help="verify a dataset on disk: layout, image counts, "
+                             "class histogram, unseen training pixels, every bad file")
+    check.add_argument("--dataset", choices=BENCHMARK_RECIPES,
+                       help="use experiments/NAME.yaml (give --root)")
+    check.add_argument("--config", help="any recipe (custom data)")
+    check.add_argument("--root", help="dataset root (sets data.root)")
+    check.add_argument("--set", dest="overrides", action="append", default=[],
+                       metavar="KEY=VALUE", help="override a config value (repeatable)")
+    check.add_argument("--max-images", type=int, default=0, help="read only the first N ids "
+                       "of each list (0 = all)")
+    check.add_argument("--workers", type=int, default=4, help="reader threads")
+    check.add_argument("--out", default=None, help="also write the report as JSON")
+    check.set_defaults(handler=run_check)
+
 
 def run_shapes(arguments: argparse.Namespace) -> int:
     from cagnet.datasets.shapes import generate_shapes_benchmark
@@ -26,3 +56,46 @@ def run_shapes(arguments: argparse.Namespace) -> int:
     print(f"shapes benchmark written to {arguments.out}: {len(summary['seen'])} seen, "
           f"{len(summary['unseen'])} unseen classes")
     return 0
+
+
+def run_prepare_voc(arguments: argparse.Namespace) -> int:
+    from cagnet.datasets.prepare import prepare_voc
+
+    result = prepare_voc(arguments.voc, arguments.sbd, workers=arguments.workers)
+    counts = result.sources
+    print(f"train_aug: {len(result.train_aug)} ids = (SBD train {counts['sbd_train']} ∪ SBD val "
+          f"{counts['sbd_val']} ∪ VOC train {counts['voc_train']}) − VOC val "
+          f"{counts['voc_val']}, written to {result.list_path}")
+    print(f"SegmentationClassAug: {result.copied_from_voc} VOC PNGs copied, "
+          f"{result.converted_from_sbd} converted from SBD .mat")
+    return 0
+
+
+def run_prepare_cocostuff(arguments: argparse.Namespace) -> int:
+    from cagnet.datasets.prepare import prepare_cocostuff
+
+    counts = prepare_cocostuff(arguments.root, arguments.out_dir)
+    for split, count in counts.items():
+        print(f"{split}: {count} ids written to {arguments.out_dir or arguments.root}/{split}.txt")
+    return 0
+
+
+def run_check(arguments: argparse.Namespace) -> int:
+    from cagnet.builders import PROJECT_ROOT
+    from cagnet.config import config_to_dict, load_config
+    from cagnet.engine.data_check import check_dataset, format_check_report
+    from cagnet.errors import CagnetError
+    from cagnet.utils.io import atomic_write_json
+
+    if bool(arguments.dataset) == bool(arguments.config):
+        raise CagnetError("data check: give either --dataset NAME --root PATH or --config RECIPE")
+    recipe = arguments.config or PROJECT_ROOT / "experiments" / f"{arguments.dataset}.yaml"
+    overrides = ([f"data.root={arguments.root}"] if arguments.root else []) + arguments.overrides
+    if arguments.dataset and not arguments.root:
+        raise CagnetError("data check --dataset: give --root, the dataset folder")
+    config = load_config(recipe, overrides)
+    report = check_dataset(config, arguments.max_images, arguments.workers)
+    print(format_check_report(report))
+    if arguments.out:
+        atomic_write_json(arguments.out, report.to_dict() | {"config": config_to_dict(config)})
+    return 1 if report.problems else 0

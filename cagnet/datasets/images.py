@@ -6,6 +6,7 @@ uint8 (H, W) arrays of label ids, from palette ("P") or grey ("L") PNGs.
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import cv2
@@ -20,11 +21,31 @@ def read_image_bgr(path: str | Path) -> np.ndarray:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"image not found: {path}")
-    data = np.fromfile(str(path), dtype=np.uint8)
-    image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+    try:
+        data = np.fromfile(str(path), dtype=np.uint8)
+        image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+    except (OSError, cv2.error) as error:
+        raise DataError(f"image {path} is unreadable or corrupt: {error}") from None
     if image is None or image.ndim != 3 or image.shape[0] == 0 or image.shape[1] == 0:
         raise DataError(f"image {path} is corrupt or not an image file")
+    if _is_truncated_jpeg(data):
+        raise DataError(f"image {path} is truncated (JPEG data ends before its end marker)")
     return image
+
+
+def _is_truncated_jpeg(data: np.ndarray) -> bool:
+    """Some OpenCV builds decode a cut-off JPEG with a grey bottom and only a warning. A JPEG
+    ends with the EOI marker FF D9 (possibly followed by padding); when it does not, let PIL,
+    which refuses truncated files, decide (rare: costs one more decode)."""
+    raw = data.tobytes()
+    if not raw.startswith(b"\xff\xd8") or raw.rstrip(b"\x00\r\n ").endswith(b"\xff\xd9"):
+        return False
+    try:
+        with Image.open(io.BytesIO(raw)) as image:
+            image.load()
+    except Exception:  # PIL raises OSError, SyntaxError, ValueError, ... for bad files
+        return True
+    return False
 
 
 def read_label(path: str | Path) -> np.ndarray:

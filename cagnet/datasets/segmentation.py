@@ -28,7 +28,8 @@ class SegmentationDataset(Dataset):
     Items are either an int (test: no randomness) or an `(index, draw)` pair from
     `IterationBatchSampler` (training). A sample is a dict: `image` float32 (3, h, w),
     `label` int64 (h, w), `id` str, `skipped` list of ids replaced because they were unreadable
-    (only with `on_bad_sample="skip"`).
+    (only with `on_bad_sample="skip"`, and only for training items: a test item is never
+    replaced, since that would silently change the metric).
     """
 
     def __init__(self, root: str | Path, ids: Sequence[str], image_dir: str, label_dir: str,
@@ -56,6 +57,12 @@ class SegmentationDataset(Dataset):
     def label_path(self, index: int) -> Path:
         return self.root / self.label_dir / f"{self.ids[index]}{self.label_suffix}"
 
+    def missing_files(self) -> list[Path]:
+        """Every listed image or mask that does not exist (a stat per file, no decoding)."""
+        return [path for index in range(len(self.ids))
+                for path in (self.image_path(index), self.label_path(index))
+                if not path.is_file()]
+
     def read_raw(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         """Read one image (BGR uint8) and its raw dataset-id mask, checking that they agree."""
         image = read_image_bgr(self.image_path(index))
@@ -79,9 +86,12 @@ class SegmentationDataset(Dataset):
             try:
                 image, label = self.read_raw(current)
                 break
-            except DataError:
+            except DataError as error:
                 if self.on_bad_sample != "skip":
                     raise
+                if draw is None:  # a test sample: replacing it would change the metric
+                    raise DataError(f"{error} (evaluation never skips samples: "
+                                    "data.on_bad_sample applies to training only)") from None
                 skipped.append(self.ids[current])
         else:
             raise DataError(f"every image under {self.root} is unreadable")

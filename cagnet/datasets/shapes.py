@@ -34,25 +34,28 @@ from cagnet.datasets.shapes_drawing import render_scene, render_single_object, v
 from cagnet.errors import ConfigError
 from cagnet.utils.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 
-FORMAT = "cagnet-shapes-v1"
+FORMAT = "cagnet-shapes-v2"
 COLOURS = ("red", "green", "blue", "yellow")
-SHAPES = ("circle", "square", "triangle", "star")
-UNSEEN_CLASSES = ("red triangle", "green star", "blue circle", "yellow square")
-# Words of the vocabulary that no class uses, so the file looks like a real model's vocabulary.
+PATTERNS = ("plain", "striped", "dotted", "checkered")
+# A Latin square: every colour and every pattern of an unseen class occurs in 3 seen classes.
+UNSEEN_CLASSES = ("striped red", "dotted green", "checkered blue", "plain yellow")
+# Words of the vocabulary that no class uses, so the file looks like a real model's vocabulary
+# (the object outlines are nuisance factors: a class is a colour and a surface pattern).
 DISTRACTOR_WORDS = ("orange", "purple", "pink", "brown", "grey", "black", "white", "cyan",
-                    "beige", "magenta", "hexagon", "oval", "rectangle", "diamond", "cross",
-                    "heart", "pentagon", "ellipse", "striped", "dotted", "shiny", "rough")
+                    "beige", "magenta", "circle", "square", "triangle", "star", "hexagon",
+                    "oval", "cross", "heart", "spotted", "shiny", "rough", "wavy")
 PRETRAIN_IMAGE_SIZE = 64
 JPEG_QUALITY = 92
 MARKER_FILE = "shapes.json"
-OBJECTS_PER_IMAGE = (2, 4)
+OBJECTS_PER_IMAGE = (2, 3)
 # Seed-sequence tags: every random stream is keyed by (seed, tag, index).
 STREAM_TAGS = {"train": 1, "val": 2, "pretrain": 3, "word_vectors": 4}
 
 
 def class_names() -> list[str]:
-    """Line i of `class_names.txt`: `background`, then colour-major "colour shape" names."""
-    return ["background"] + [f"{colour} {shape}" for colour in COLOURS for shape in SHAPES]
+    """Line i of `class_names.txt`: `background`, then pattern-major "pattern colour" names
+    ("striped red", "plain blue", ...)."""
+    return ["background"] + [f"{pattern} {colour}" for pattern in PATTERNS for colour in COLOURS]
 
 
 def seen_unseen_split() -> tuple[list[str], list[str]]:
@@ -63,8 +66,8 @@ def seen_unseen_split() -> tuple[list[str], list[str]]:
 
 
 def vocabulary() -> list[str]:
-    """Every word of the word-vector file: background, colours, shapes, distractors."""
-    return ["background", *COLOURS, *SHAPES, *DISTRACTOR_WORDS]
+    """Every word of the word-vector file: background, colours, patterns, distractors."""
+    return ["background", *COLOURS, *PATTERNS, *DISTRACTOR_WORDS]
 
 
 def word_vectors_text(seed: int, word_dim: int) -> str:
@@ -156,8 +159,9 @@ def _check_arguments(num_train: int, num_val: int, num_pretrain: int,
 def _run_tasks(tasks: list[tuple], workers: int) -> list[tuple[str, int, list[int]]]:
     if workers <= 1 or len(tasks) < 2:
         return [render_task(task) for task in tasks]
-    methods = multiprocessing.get_all_start_methods()
-    context = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
+    # Not "fork": a process that already used OpenCV's or torch's thread pools (a test run, a
+    # training run that generates the benchmark on first use) can deadlock its forked children.
+    context = multiprocessing.get_context("spawn")
     with context.Pool(workers, initializer=_initialise_worker) as pool:
         return list(pool.imap(render_task, tasks, chunksize=16))
 

@@ -15,6 +15,8 @@ import cv2
 import numpy as np
 
 VOID_LABEL = 255
+OBJECT_SHAPES = ("circle", "square", "triangle", "star")
+PATTERN_NAMES = ("plain", "striped", "dotted", "checkered")
 # Object hues in degrees (0..360). A new colour needs an entry here and in shapes.COLOURS; keep
 # it away from the brown / beige clutter hues (20..45 degrees).
 COLOUR_HUES = {"red": 0.0, "green": 120.0, "blue": 228.0, "yellow": 57.0, "purple": 285.0,
@@ -167,9 +169,31 @@ def object_colour(rng: np.random.Generator, colour: str) -> np.ndarray:
     return hsv_to_bgr(hue, rng.uniform(0.65, 1.0), rng.uniform(0.72, 1.0))
 
 
+def pattern_mask(rng: np.random.Generator, pattern: str, rows: np.ndarray,
+                 columns: np.ndarray) -> np.ndarray:
+    """(h, w) float32 in [0, 1]: where the surface pattern darkens the object (0 for plain).
+    Stripes, dot grids and checks get a random orientation, period and phase."""
+    if pattern == "plain":
+        return np.zeros(rows.shape, dtype=np.float32)
+    angle = rng.uniform(0, np.pi)
+    u = np.cos(angle) * columns + np.sin(angle) * rows + rng.uniform(0, 50)
+    v = -np.sin(angle) * columns + np.cos(angle) * rows + rng.uniform(0, 50)
+    if pattern == "striped":
+        period = rng.uniform(6.0, 8.0)
+        return (np.mod(u, period) < period / 2).astype(np.float32)
+    if pattern == "dotted":
+        period = rng.uniform(7.0, 9.0)
+        du, dv = np.mod(u, period) - period / 2, np.mod(v, period) - period / 2
+        return (du ** 2 + dv ** 2 < (0.3 * period) ** 2).astype(np.float32)
+    if pattern == "checkered":
+        period = rng.uniform(7.0, 9.0)
+        return (np.mod(np.floor(u / period) + np.floor(v / period), 2) == 1).astype(np.float32)
+    raise ValueError(f"unknown pattern {pattern!r}; expected one of {PATTERN_NAMES}")
+
+
 def paint_object(rng: np.random.Generator, image: np.ndarray, polygon: np.ndarray,
-                 colour: str) -> None:
-    """Composite one shaded, lightly textured object onto `image` (H, W, 3) in place.
+                 colour: str, pattern: str = "plain") -> None:
+    """Composite one shaded, lightly textured, patterned object onto `image` (H, W, 3) in place.
 
     Only the polygon's bounding box (plus a 2-px margin for anti-aliasing) is touched.
     """
@@ -188,7 +212,8 @@ def paint_object(rng: np.random.Generator, image: np.ndarray, polygon: np.ndarra
         spot = centre + rng.uniform(-0.25, 0.25, 2) * extent
         distance = ((columns - spot[0]) ** 2 + (rows - spot[1]) ** 2) / (0.3 * extent) ** 2
         shading = shading + 0.2 * np.exp(-distance)
-    layer = object_colour(rng, colour) * shading[:, :, None]
+    darkening = rng.uniform(0.35, 0.55) * pattern_mask(rng, pattern, rows, columns)
+    layer = object_colour(rng, colour) * (shading * (1.0 - darkening))[:, :, None]
     layer += rng.uniform(2, 9) * smooth_noise(rng, bottom - top, right - left,
                                               int(rng.integers(3, 8)))
     alpha = polygon_alpha(polygon - (left, top), bottom - top, right - left)
@@ -237,7 +262,8 @@ def place_objects(rng: np.random.Generator, height: int, width: int,
     drawn_area: list[int] = []
     placed = []
     for class_id, class_name in objects:
-        colour, shape = class_name.split(" ", 1)
+        pattern, colour = class_name.split(" ", 1)
+        shape = OBJECT_SHAPES[int(rng.integers(len(OBJECT_SHAPES)))]
         for attempt in range(attempts):
             fraction = np.exp(rng.uniform(np.log(size_range[0]), np.log(size_range[1])))
             size = fraction * side * 0.93 ** attempt
@@ -254,14 +280,14 @@ def place_objects(rng: np.random.Generator, height: int, width: int,
             if all(left >= 0.4 * total for left, total in zip(remaining, drawn_area)):
                 owner[mask] = len(placed)
                 drawn_area.append(area)
-                placed.append((class_id, colour, polygon, mask))
+                placed.append((class_id, (pattern, colour), polygon, mask))
                 break
     return placed
 
 
 def render_scene(rng: np.random.Generator, height: int, width: int,
                  objects: Sequence[tuple[int, str]],
-                 size_range: tuple[float, float] = (0.18, 0.6)) -> tuple[np.ndarray, np.ndarray]:
+                 size_range: tuple[float, float] = (0.3, 0.65)) -> tuple[np.ndarray, np.ndarray]:
     """One segmentation image: `objects` = (class_id, "colour shape") in drawing order.
 
     Returns the image (H, W, 3) uint8 BGR and the label (H, W) uint8 with 0 background, the
@@ -269,8 +295,9 @@ def render_scene(rng: np.random.Generator, height: int, width: int,
     """
     image = draw_background(rng, height, width)
     label = np.zeros((height, width), dtype=np.uint8)
-    for class_id, colour, polygon, mask in place_objects(rng, height, width, objects, size_range):
-        paint_object(rng, image, polygon, colour)
+    for class_id, (pattern, colour), polygon, mask in place_objects(rng, height, width, objects,
+                                                                     size_range):
+        paint_object(rng, image, polygon, colour, pattern)
         label[mask] = class_id
     return finish_image(rng, image), add_void_boundary(label)
 
@@ -278,11 +305,12 @@ def render_scene(rng: np.random.Generator, height: int, width: int,
 def render_single_object(rng: np.random.Generator, side: int, class_name: str,
                          size_range: tuple[float, float] = (0.3, 0.7)) -> np.ndarray:
     """A pretraining image (side, side, 3) uint8 BGR: one roughly centred object on clutter."""
-    colour, shape = class_name.split(" ", 1)
+    pattern, colour = class_name.split(" ", 1)
+    shape = OBJECT_SHAPES[int(rng.integers(len(OBJECT_SHAPES)))]
     image = draw_background(rng, side, side, clutter_range=(2, 7))
     centre = side / 2 + rng.uniform(-0.12, 0.12, 2) * side
     polygon = shape_outline(shape, (float(centre[0]), float(centre[1])),
                             rng.uniform(*size_range) * side, rng.uniform(0, 2 * np.pi),
                             rng.uniform(0.9, 1.1))
-    paint_object(rng, image, polygon, colour)
+    paint_object(rng, image, polygon, colour, pattern)
     return finish_image(rng, image)

@@ -22,12 +22,7 @@ IGNORE_INDEX = 255
 def read_class_names(path: str | Path) -> list[str]:
     """Read a class-name file: line i is the name of label id i (VOC: line 0 `background`)."""
     path = Path(path)
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
-        raise DataError(f"class-name file not found: {path}") from None
-    except (OSError, UnicodeDecodeError) as error:
-        raise DataError(f"class-name file {path} is unreadable: {error}") from None
+    lines = _read_lines(path, "class-name file")
     while lines and not lines[-1].strip():
         lines.pop()
     names = [line.strip() for line in lines]
@@ -37,6 +32,10 @@ def read_class_names(path: str | Path) -> list[str]:
         if not name:
             raise DataError(f"{path}, line {line_number}: empty class name (line i names label "
                             f"id i - 1, so blank lines are not allowed)")
+    for line_number, name in enumerate(names, start=1):
+        if any(ord(character) < 32 for character in name):
+            raise DataError(f"{path}, line {line_number}: class name {name!r} contains a "
+                            "control character")
     duplicates = sorted({name for name in names if names.count(name) > 1})
     if duplicates:
         raise DataError(f"{path}: duplicate class names {duplicates}")
@@ -103,13 +102,15 @@ def read_split(path: str | Path, class_names: Sequence[str]) -> ClassSplit:
         content = yaml.safe_load(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise DataError(f"split file not found: {path}") from None
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
-        raise DataError(f"split file {path} is unreadable: {error}") from None
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, RecursionError) as error:
+        raise DataError(f"split file {path} is unreadable: "
+                        f"{str(error).splitlines()[0] if str(error) else type(error).__name__}"
+                        ) from None
     if not isinstance(content, dict) or "seen" not in content or "unseen" not in content:
         raise DataError(f"split file {path}: expected a mapping with 'seen' and 'unseen' lists")
-    unknown = sorted(set(content) - {"seen", "unseen", "validation"})
+    unknown = sorted(map(repr, set(content) - {"seen", "unseen", "validation"}))
     if unknown:
-        raise DataError(f"split file {path}: unknown key {unknown[0]!r}; expected seen, unseen, "
+        raise DataError(f"split file {path}: unknown key {unknown[0]}; expected seen, unseen, "
                         "validation")
     ids = {key: _resolve_ids(path, key, content.get(key) or [], class_names)
            for key in ("seen", "unseen", "validation")}
@@ -152,12 +153,7 @@ def read_id_list(path: str | Path) -> list[str]:
     """Read an image-id list (one id per line, e.g. `2007_000032`), rejecting ids that would
     escape the dataset root (absolute paths, `..` components)."""
     path = Path(path)
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
-        raise DataError(f"image list not found: {path}") from None
-    except (OSError, UnicodeDecodeError) as error:
-        raise DataError(f"image list {path} is unreadable: {error}") from None
+    lines = _read_lines(path, "image list")
     ids = []
     for line_number, line in enumerate(lines, start=1):
         item = line.strip().split()[0] if line.strip() else ""
@@ -167,7 +163,25 @@ def read_id_list(path: str | Path) -> list[str]:
         if Path(item).is_absolute() or ".." in parts or "\\" in item:
             raise DataError(f"{path}, line {line_number}: id {item!r} would escape the dataset "
                             "root; expected a relative id without '..'")
+        if any(ord(character) < 32 for character in item):
+            raise DataError(f"{path}, line {line_number}: id {item!r} contains a control "
+                            "character")
         ids.append(item)
     if not ids:
         raise DataError(f"image list {path} is empty: expected one image id per line")
     return ids
+
+
+def _read_lines(path: Path, what: str) -> list[str]:
+    """A UTF-8 text file's lines, split on newlines only (line i is entry i: Unicode line
+    separators inside a line must not shift the numbering)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise DataError(f"{what} not found: {path}") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise DataError(f"{what} {path} is unreadable: {error}") from None
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    return [line[:-1] if line.endswith("\r") else line for line in lines]

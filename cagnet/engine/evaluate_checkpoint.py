@@ -7,7 +7,7 @@ from typing import Sequence
 
 from cagnet.builders import build_benchmark, build_model, resolve_device
 from cagnet.config import config_from_dict, load_config
-from cagnet.engine.checkpoint import load_checkpoint
+from cagnet.engine.checkpoint import load_checkpoint, load_model_state
 from cagnet.engine.validation import evaluate_and_report
 from cagnet.errors import CheckpointError
 
@@ -31,7 +31,7 @@ def evaluate_checkpoint(checkpoint: str | Path, config_path: str | None = None,
         raise CheckpointError(f"{checkpoint} was trained for classes {state.get('class_names')},"
                               f" but the config names {benchmark.split.model_class_names}")
     model = build_model(config.model, benchmark.class_embeddings, benchmark.split.num_seen)
-    model.load_state_dict(state["model"])
+    load_model_state(model, state, checkpoint)
     device = resolve_device(config.train.device)
     model.to(device)
     target = Path(out_dir) if out_dir else checkpoint.parent.parent / f"eval_{checkpoint.stem}"

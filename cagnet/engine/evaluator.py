@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from cagnet.metrics import confusion_matrix
+from cagnet.utils.distributed import sum_across_processes
 
 PROTOCOL_DESCRIPTIONS = {
     "full": "image warped to {warp}x{warp}; logits bilinearly upsampled to each label's original "
@@ -61,9 +62,17 @@ def predictions_for_labels(logits: torch.Tensor, labels: list[torch.Tensor], pro
 def evaluate(model: torch.nn.Module, loader: Iterable[dict], num_classes: int, protocol: str,
              warp_size: int, device: torch.device,
              autocast: Callable[[], ContextManager] | None = None, max_images: int = 0,
-             progress: Callable[[int], None] | None = None) -> torch.Tensor:
+             progress: Callable[[int], None] | None = None,
+             reduce: Callable[[torch.Tensor], torch.Tensor] | None = sum_across_processes
+             ) -> torch.Tensor:
     """Accumulate the (K, K) confusion matrix (rows = ground truth) of `model.segment` over
-    `loader`. The caller all-reduces it under DDP (a sum, so exact)."""
+    `loader`: one single-scale forward per batch.
+
+    Under torchrun each rank evaluates its strided share of the test set
+    (`cagnet.utils.distributed.shard_loader`) and `reduce` (default: an all-reduce sum, a no-op
+    in a single process) adds the shares up; the sum of integer counts is exact, so every rank
+    returns the confusion matrix of the whole test set. Pass `reduce=None` to keep a rank's own
+    share."""
     model.eval()
     confusion = torch.zeros(num_classes, num_classes, dtype=torch.long, device=device)
     seen_images = 0
@@ -83,4 +92,4 @@ def evaluate(model: torch.nn.Module, loader: Iterable[dict], num_classes: int, p
             progress(len(labels))
         if max_images and seen_images >= max_images:
             break
-    return confusion
+    return reduce(confusion) if reduce is not None else confusion

@@ -41,17 +41,23 @@ def read_corpus(corpus: str | Path, image_size: int, mean_bgr: Sequence[float]
     labels_file = corpus / "labels.txt"
     if not labels_file.is_file():
         raise DataError(f"pretraining corpus {corpus}: missing labels.txt (lines '<id> <label>')")
+    try:
+        lines = labels_file.read_text(encoding="utf-8").split("\n")
+    except (OSError, UnicodeDecodeError) as error:
+        raise DataError(f"{labels_file} is unreadable: {error}") from None
     entries = []
-    for line_number, line in enumerate(labels_file.read_text(encoding="utf-8").splitlines(), 1):
+    for line_number, line in enumerate(lines, 1):
         if not line.strip():
             continue
         parts = line.split()
-        if len(parts) != 2 or not parts[1].lstrip("-").isdigit():
+        if len(parts) != 2 or not parts[1].lstrip("-").isascii() \
+                or not parts[1].lstrip("-").isdigit():
             raise DataError(f"{labels_file}, line {line_number}: expected '<id> <label>', "
                             f"got {line!r}")
-        if ".." in Path(parts[0]).parts or Path(parts[0]).is_absolute():
+        if ".." in Path(parts[0]).parts or Path(parts[0]).is_absolute() or "\\" in parts[0] \
+                or any(ord(character) < 32 for character in parts[0]):
             raise DataError(f"{labels_file}, line {line_number}: id {parts[0]!r} escapes the "
-                            "corpus folder")
+                            "corpus folder or contains a control character")
         entries.append((parts[0], int(parts[1])))
     if not entries:
         raise DataError(f"{labels_file} lists no images")
@@ -111,22 +117,33 @@ def swap_batchnorm(module: nn.Module, to_trainable: bool) -> nn.Module:
 
 
 class TrunkClassifier(nn.Module):
-    """Backbone trunk -> global average pool -> linear classifier."""
+    """Backbone -> global average pool -> linear classifier.
 
-    def __init__(self, backbone: nn.Module, num_classes: int) -> None:
+    With `include_aspp` the pooled features are the ASPP output (the embedding-space map the
+    segmentation model uses), so the ASPP is pretrained too, as in DeepLab-v2's init file;
+    otherwise they are the trunk's res5 output.
+    """
+
+    def __init__(self, backbone: nn.Module, num_classes: int, include_aspp: bool) -> None:
         super().__init__()
         self.backbone = backbone
-        self.head = nn.Linear(backbone.trunk_channels, num_classes)
+        self.include_aspp = include_aspp
+        channels = backbone.embed_dim if include_aspp else backbone.trunk_channels
+        self.head = nn.Linear(channels, num_classes)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.head(self.backbone.trunk_forward(images).mean(dim=(2, 3)))
+        features = self.backbone(images) if self.include_aspp \
+            else self.backbone.trunk_forward(images)
+        return self.head(features.mean(dim=(2, 3)))
 
 
 def pretrain_backbone(backbone: nn.Module, corpus: str | Path, out_path: str | Path, *,
                       image_size: int, iterations: int, batch_size: int, lr: float,
                       momentum: float, weight_decay: float, mean_bgr: Sequence[float],
-                      seed: int, device: torch.device, show_progress: bool = True) -> dict:
-    """Train `backbone`'s trunk as an image classifier on `corpus` and save its weights.
+                      seed: int, device: torch.device, include_aspp: bool = True,
+                      aspp_lr_mult: float = 0.1, show_progress: bool = True) -> dict:
+    """Train `backbone` (its trunk, and its ASPP when `include_aspp`) as an image classifier
+    on `corpus` and save its weights.
 
     A tenth of the corpus is held out to report accuracy. Returns a summary dict.
     """
@@ -137,18 +154,22 @@ def pretrain_backbone(backbone: nn.Module, corpus: str | Path, out_path: str | P
     held_out = max(1, len(order) // 10)
     test_index, train_index = order[:held_out], order[held_out:]
     swap_batchnorm(backbone, to_trainable=True)
-    model = TrunkClassifier(backbone, len(label_values)).to(device)
-    parameters = [p for name, p in model.named_parameters()
-                  if p.requires_grad and not name.startswith("backbone.aspp")]
-    optimizer = torch.optim.SGD(parameters, lr=lr, momentum=momentum, weight_decay=weight_decay,
-                                nesterov=True)
+    model = TrunkClassifier(backbone, len(label_values), include_aspp).to(device)
+    trunk = [p for name, p in model.named_parameters()
+             if p.requires_grad and not name.startswith("backbone.aspp")]
+    aspp = [p for p in backbone.aspp.parameters() if p.requires_grad] if include_aspp else []
+    # The ASPP sums four un-normalised branches: at the trunk's rate it diverges.
+    groups = [{"params": trunk, "lr_mult": 1.0}, {"params": aspp, "lr_mult": aspp_lr_mult}]
+    optimizer = torch.optim.SGD([g for g in groups if g["params"]], lr=lr, momentum=momentum,
+                                weight_decay=weight_decay, nesterov=True)
     generator = torch.Generator().manual_seed(seed)
     model.train()
     running = []
     for iteration in tqdm(range(iterations), disable=not show_progress, desc="pretrain"):
         warmup = min(1.0, (iteration + 1) / max(1, iterations // 20))
         for group in optimizer.param_groups:
-            group["lr"] = lr * warmup * 0.5 * (1 + math.cos(math.pi * iteration / iterations))
+            group["lr"] = group["lr_mult"] * lr * warmup * 0.5 * (
+                1 + math.cos(math.pi * iteration / iterations))
         batch = train_index[torch.randint(len(train_index), (batch_size,), generator=generator)]
         inputs = augment(images[batch], generator).to(device)
         loss = F.cross_entropy(model(inputs), targets[batch].to(device))
@@ -159,7 +180,7 @@ def pretrain_backbone(backbone: nn.Module, corpus: str | Path, out_path: str | P
     accuracy = evaluate_accuracy(model, images[test_index], targets[test_index], device)
     swap_batchnorm(backbone, to_trainable=False)
     state = {key: value.detach().cpu() for key, value in backbone.state_dict().items()
-             if not key.startswith("aspp.")}
+             if include_aspp or not key.startswith("aspp.")}
     summary = {"held_out_accuracy": accuracy, "final_loss": float(np.mean(running[-20:])),
                "num_images": len(targets), "num_classes": len(label_values)}
     atomic_torch_save(out_path, {"format": FORMAT, "backbone": state, "summary": summary,

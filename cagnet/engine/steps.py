@@ -12,16 +12,30 @@ weights, then the three optimisers step together. The original steps the discrim
 then back-propagates the generator and backbone losses through the already-updated
 discriminator (PyTorch 1.4 semantics); doing that here would need a second discriminator forward
 per loss, and the backbone forward is never run twice. The generator's input
-`[embedding(label), z]` is detached, so no generator loss reaches the backbone.
+`[embedding(label), z]` is detached, so no generator loss reaches the backbone. With the backbone
+frozen (finetune phase) the backbone and contextual module run under `no_grad`: no graph, no
+backward through them.
 
 Step 2 (`classifier_step`) never touches the backbone: it samples a label map of the feature
 grid's size over seen + unseen classes, generates features from N(0, I) latents and trains the
 classifier on them.
+
+Mixed precision: the forward runs in the caller's autocast context; every loss term is computed
+from fp32 copies outside it (KL, CE reductions, MMD and the gradient penalty in fp32). One
+`GradScaler` (enabled for fp16 only; a pass-through otherwise) scales each of the three totals
+before its backward, `scaler.step` steps each optimiser that received gradients (it skips one
+whose gradients hold an Inf/NaN) and `scaler.update()` runs exactly once per iteration that
+reached the backward pass. An iteration whose loss is non-finite is skipped before any backward,
+leaving the scaler untouched.
+
+Several processes (`sync`, see cagnet/utils/distributed.py): the tensors the losses read are
+gathered from every rank, so each rank computes the loss of the whole global batch; gradients
+are summed across ranks right before each optimiser steps (after the scaled backward, so every
+rank sees the same Inf/NaN and the scaler stays identical everywhere).
 """
 
 from __future__ import annotations
 
-import math
 from typing import Callable, ContextManager
 
 import torch
@@ -29,98 +43,157 @@ import torch
 from cagnet import losses
 from cagnet.config import LossConfig
 from cagnet.engine.optim import Optimizers
+from cagnet.utils.distributed import LOCAL, BatchSync
 
 IGNORE_INDEX = 255
+Update = tuple[torch.optim.Optimizer, list[torch.nn.Parameter]]
 
 
 def _trainable(module: torch.nn.Module) -> list[torch.nn.Parameter]:
     return [parameter for parameter in module.parameters() if parameter.requires_grad]
 
 
-def _backward(total: torch.Tensor, parameters: list[torch.nn.Parameter], retain: bool) -> None:
+def _passthrough_scaler(device: torch.device) -> torch.amp.GradScaler:
+    return torch.amp.GradScaler(device.type, enabled=False)
+
+
+def _backward(total: torch.Tensor, parameters: list[torch.nn.Parameter], retain: bool,
+              scaler: torch.amp.GradScaler) -> bool:
+    """Back-propagate the (scaled) total into `parameters` only; False when nothing to do."""
     if parameters and total.requires_grad:
-        total.backward(inputs=parameters, retain_graph=retain)
+        scaler.scale(total).backward(inputs=parameters, retain_graph=retain)
+        return True
+    return False
 
 
-def _all_finite(terms: dict[str, torch.Tensor]) -> bool:
-    return all(bool(torch.isfinite(value.detach()).all()) for value in terms.values())
+def _apply_updates(updates: list[Update], scaler: torch.amp.GradScaler,
+                   sync: BatchSync) -> dict[str, float]:
+    """Sum each optimiser's gradients across ranks, step it through the scaler, then one
+    `scaler.update()`. Returns the scale and whether it dropped (an fp16 overflow skipped
+    steps) when the scaler is enabled."""
+    for optimizer, parameters in updates:
+        sync.reduce_gradients(parameters)
+        scaler.step(optimizer)
+    if not updates or not scaler.is_enabled():
+        return {}
+    before = scaler.get_scale()
+    scaler.update()
+    after = scaler.get_scale()
+    return {"grad_scale": after, "grad_overflow": float(after < before)}
+
+
+def _as_floats(values: dict[str, torch.Tensor]) -> tuple[dict[str, float], bool]:
+    """Scalar tensors -> floats with one device-to-host copy; also whether all are finite."""
+    if not values:
+        return {}, True
+    stacked = torch.stack([value.detach().float().reshape(()) for value in values.values()])
+    numbers = stacked.tolist()
+    finite = all(number == number and abs(number) != float("inf") for number in numbers)
+    return dict(zip(values, numbers)), finite
 
 
 def feature_generation_step(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,
                             optimizers: Optimizers, loss: LossConfig, train_backbone: bool,
-                            autocast: Callable[[], ContextManager]) -> dict[str, float]:
+                            autocast: Callable[[], ContextManager],
+                            scaler: torch.amp.GradScaler | None = None,
+                            sync: BatchSync = LOCAL) -> dict[str, float]:
     """One step-1 iteration.
 
     Args:
         model: a `CaGNet` in train mode.
-        images: (B, 3, H, W) mean-subtracted BGR crops.
-        labels: (B, H, W) int64 training labels: seen classes 0..S-1, everything else 255.
+        images: (b, 3, H, W) mean-subtracted BGR crops (b = this rank's share of the batch).
+        labels: (b, H, W) int64 training labels: seen classes 0..S-1, everything else 255.
         optimizers: the optimisers; `optimizers.backbone` is used only when `train_backbone`.
         loss: kinds and coefficients.
         train_backbone: False in the finetune phase (backbone frozen, run without a graph).
         autocast: a zero-argument factory of the forward's autocast context.
+        scaler: the run's GradScaler (fp16); None for a pass-through.
+        sync: the collectives of a multi-process run; `LOCAL` in a single process.
 
     Returns:
-        Every raw loss term as a float, plus `skipped` = 1.0 when a non-finite term made the
-        step skip its update (the weights are then unchanged).
+        Every raw loss term of the global batch as a float, plus `skipped` = 1.0 when a
+        non-finite term made the step skip its update (the weights are then unchanged).
     """
+    scaler = scaler or _passthrough_scaler(images.device)
     optimizers.zero_grad()
     with autocast():
         with torch.set_grad_enabled(train_backbone):
             output = model.multi_scale_features(images, sample_latent=True)
-        real = output.scale1.feature
-        grid_labels = losses.resize_labels(labels, real.shape[-2:])
-        valid = grid_labels != IGNORE_INDEX
+        grid_labels = losses.resize_labels(labels, output.scale1.feature.shape[-2:])
         real_outputs = [model.discriminator(feature) for feature in output.features]
         fake = model.generate(grid_labels, output.scale1.latent.detach())
         fake_output = model.discriminator(fake)
-
-    terms: dict[str, torch.Tensor] = {}
-    terms["cls_real"] = losses.multi_scale_classification_loss(
-        [out.class_logits.float() for out in real_outputs], labels)
-    terms["gan_d"] = losses.adversarial_discriminator_loss(
-        loss.adversarial, real_outputs[0].adversarial_logit.float(),
-        fake_output.adversarial_logit.float(), valid)
-    terms["gan_g"] = losses.adversarial_generator_loss(
-        loss.adversarial, fake_output.adversarial_logit.float(), valid)
-    terms["content"] = losses.content_loss(
-        loss.content, fake.float(), real.detach().float(), grid_labels, sigmas=loss.mmd_sigmas,
-        grouping=loss.mmd_grouping, max_pixels_per_class=loss.mmd_max_pixels_per_class or None)
-    if loss.discriminator_cls_fake or loss.generator_cls_fake:
-        terms["cls_fake"] = losses.classification_loss(fake_output.class_logits.float(),
-                                                       grid_labels)
-    if loss.adversarial == "wgan_gp":
-        terms["gradient_penalty"] = _wgan_gradient_penalty(model, real, fake, valid, loss)
-    if train_backbone:
-        terms["kl"] = losses.kl_divergence(output.scale1.latent_mean.float(),
-                                           output.scale1.latent_logvar.float(), valid)
+    terms = _step1_terms(model, output, real_outputs, fake, fake_output, labels, grid_labels,
+                         loss, train_backbone, sync)
 
     zero = terms["cls_real"].new_zeros(())
-    discriminator_total = (loss.discriminator_adversarial * terms["gan_d"]
-                           + loss.discriminator_cls_real * terms["cls_real"]
-                           + loss.discriminator_cls_fake * terms.get("cls_fake", zero)
-                           + terms.get("gradient_penalty", zero))
-    generator_total = (loss.generator_adversarial * terms["gan_g"]
-                       + loss.generator_content * terms["content"]
-                       + loss.generator_cls_fake * terms.get("cls_fake", zero))
-    results = {name: float(value.detach()) for name, value in terms.items()}
-    if not _all_finite(terms):
+    totals = {
+        "loss_discriminator": loss.discriminator_adversarial * terms["gan_d"]
+        + loss.discriminator_cls_real * terms["cls_real"]
+        + loss.discriminator_cls_fake * terms.get("cls_fake", zero)
+        + terms.get("gradient_penalty", zero),
+        "loss_generator": loss.generator_adversarial * terms["gan_g"]
+        + loss.generator_content * terms["content"]
+        + loss.generator_cls_fake * terms.get("cls_fake", zero),
+    }
+    if train_backbone:
+        totals["loss_backbone"] = loss.kl * terms["kl"] + loss.backbone_cls_real * terms["cls_real"]
+    numbers, finite = _as_floats({**terms, **totals})  # one device-to-host copy
+    if not sync.all_true(finite, images.device):
         optimizers.zero_grad()
-        return {**results, "skipped": 1.0}
+        return {**{name: numbers[name] for name in terms}, "skipped": 1.0}
 
-    _backward(discriminator_total, _trainable(model.discriminator), retain=True)
-    _backward(generator_total, _trainable(model.generator), retain=train_backbone)
+    updates: list[Update] = []
+    discriminator_parameters = _trainable(model.discriminator)
+    if _backward(totals["loss_discriminator"], discriminator_parameters, True, scaler):
+        updates.append((optimizers.discriminator, discriminator_parameters))
+    generator_parameters = _trainable(model.generator)
+    if _backward(totals["loss_generator"], generator_parameters, train_backbone, scaler):
+        updates.append((optimizers.generator, generator_parameters))
     if train_backbone:
-        backbone_total = loss.kl * terms["kl"] + loss.backbone_cls_real * terms["cls_real"]
-        _backward(backbone_total,
-                  _trainable(model.backbone) + _trainable(model.context), retain=False)
-    for optimizer in optimizers.named().values():
-        optimizer.step()
-    results.update(loss_discriminator=float(discriminator_total.detach()),
-                   loss_generator=float(generator_total.detach()), skipped=0.0)
+        backbone_parameters = _trainable(model.backbone) + _trainable(model.context)
+        if _backward(totals["loss_backbone"], backbone_parameters, False, scaler):
+            updates.append((optimizers.backbone, backbone_parameters))
+    return {**numbers, **_apply_updates(updates, scaler, sync), "skipped": 0.0}
+
+
+def _step1_terms(model: torch.nn.Module, output, real_outputs: list, fake: torch.Tensor,
+                 fake_output, labels: torch.Tensor, grid_labels: torch.Tensor, loss: LossConfig,
+                 train_backbone: bool, sync: BatchSync) -> dict[str, torch.Tensor]:
+    """The raw step-1 terms (fp32 scalars) over the global batch: every tensor a loss reads is
+    gathered from all ranks (the identity in one process).
+
+    Args:
+        output: the model's `MultiScaleOutput`; real_outputs / fake_output: discriminator
+            outputs of its feature maps and of `fake` (b, F, h, w).
+        labels: (b, H, W) crop labels; grid_labels: (b, h, w) on the scale-1 feature grid.
+    """
+    gather = sync.gather
+    all_grid_labels = gather(grid_labels)
+    valid = all_grid_labels != IGNORE_INDEX
+    fake_adversarial = gather(fake_output.adversarial_logit).float()
+    terms: dict[str, torch.Tensor] = {}
+    terms["cls_real"] = losses.multi_scale_classification_loss(
+        [gather(out.class_logits).float() for out in real_outputs], gather(labels))
+    terms["gan_d"] = losses.adversarial_discriminator_loss(
+        loss.adversarial, gather(real_outputs[0].adversarial_logit).float(), fake_adversarial,
+        valid)
+    terms["gan_g"] = losses.adversarial_generator_loss(loss.adversarial, fake_adversarial, valid)
+    terms["content"] = losses.content_loss(
+        loss.content, gather(fake).float(), gather(output.scale1.feature.detach()).float(),
+        all_grid_labels, sigmas=loss.mmd_sigmas, grouping=loss.mmd_grouping,
+        max_pixels_per_class=loss.mmd_max_pixels_per_class or None)
+    if loss.discriminator_cls_fake or loss.generator_cls_fake:
+        terms["cls_fake"] = losses.classification_loss(
+            gather(fake_output.class_logits).float(), all_grid_labels)
+    if loss.adversarial == "wgan_gp":
+        local_valid = grid_labels != IGNORE_INDEX
+        penalty = _wgan_gradient_penalty(model, output.scale1.feature, fake, local_valid, loss)
+        terms["gradient_penalty"] = sync.mean_share(penalty, int(local_valid.sum()))
     if train_backbone:
-        results["loss_backbone"] = float(backbone_total.detach())
-    return results
+        terms["kl"] = losses.kl_divergence(gather(output.scale1.latent_mean).float(),
+                                           gather(output.scale1.latent_logvar).float(), valid)
+    return terms
 
 
 def _wgan_gradient_penalty(model: torch.nn.Module, real: torch.Tensor, fake: torch.Tensor,
@@ -150,33 +223,62 @@ def sample_step2_labels(batch_size: int, height: int, width: int, num_seen: int,
     return draws.view(batch_size, height, width)
 
 
+def _latent_noise(shape: tuple[int, ...], generator: torch.Generator,
+                  device: torch.device) -> torch.Tensor:
+    """N(0, I) latents of `shape` from `generator` (CPU). On a GPU they are drawn there from a
+    device generator seeded by `generator`: drawing (8, 600, 47, 47) normals on the CPU takes
+    ~50 ms, far longer than the GPU's whole step 2."""
+    if device.type != "cuda":
+        return torch.randn(shape, generator=generator)
+    seed = int(torch.randint(0, 2 ** 62, (1,), generator=generator))
+    device_generator = torch.Generator(device=device).manual_seed(seed)
+    return torch.randn(shape, generator=device_generator, device=device)
+
+
 def classifier_step(model: torch.nn.Module, batch_size: int, grid_size: tuple[int, int],
                     optimizers: Optimizers, loss: LossConfig, unseen_rate: float,
                     generator: torch.Generator, device: torch.device,
-                    autocast: Callable[[], ContextManager]) -> dict[str, float]:
+                    autocast: Callable[[], ContextManager],
+                    scaler: torch.amp.GradScaler | None = None,
+                    sync: BatchSync = LOCAL) -> dict[str, float]:
     """One step-2 iteration: generated features of seen + unseen classes train the classifier
     (discriminator trunk + cls head); the generator only trains when its step-2 coefficient is
-    non-zero (COCO). No image and no backbone are involved."""
+    non-zero (COCO). No image and no backbone are involved.
+
+    Args:
+        batch_size: the GLOBAL batch B; every rank draws the same (B, h, w) labels and
+            (B, E, h, w) latents from `generator` (seeded identically) and generates its slice.
+        grid_size: (h, w), the feature grid of a training crop.
+        scaler, sync: as in `feature_generation_step`.
+    """
+    scaler = scaler or _passthrough_scaler(device)
     optimizers.zero_grad()
     height, width = grid_size
-    labels = sample_step2_labels(batch_size, height, width, model.num_seen, model.num_unseen,
-                                 unseen_rate, generator).to(device)
-    noise = torch.randn(batch_size, model.class_embeddings.shape[1], height, width,
-                        generator=generator).to(device)
+    all_labels = sample_step2_labels(batch_size, height, width, model.num_seen,
+                                     model.num_unseen, unseen_rate, generator)
+    noise = _latent_noise((batch_size, model.class_embeddings.shape[1], height, width),
+                          generator, device)
+    labels = sync.local_part(all_labels).to(device)
+    noise = sync.local_part(noise).to(device)
     train_generator = loss.step2_generator_cls_fake != 0
     with autocast():
         with torch.set_grad_enabled(train_generator):
             fake = model.generate(labels, noise)
         logits = model.discriminator(fake).class_logits
-    cls_fake = losses.classification_loss(logits.float(), labels)
-    if not math.isfinite(float(cls_fake.detach())):
+    cls_fake = losses.classification_loss(sync.gather(logits).float(), all_labels.to(device))
+    results, finite = _as_floats({"step2_cls_fake": cls_fake})
+    if not sync.all_true(finite, device):
         optimizers.zero_grad()
-        return {"step2_cls_fake": float(cls_fake.detach()), "skipped": 1.0}
-    _backward(loss.step2_discriminator_cls_fake * cls_fake, _trainable(model.discriminator),
-              retain=train_generator)
-    if train_generator:
-        _backward(loss.step2_generator_cls_fake * cls_fake, _trainable(model.generator),
-                  retain=False)
-        optimizers.generator.step()
-    optimizers.discriminator.step()
-    return {"step2_cls_fake": float(cls_fake.detach()), "skipped": 0.0}
+        return {**results, "skipped": 1.0}
+    updates: list[Update] = []
+    discriminator_parameters = _trainable(model.discriminator)
+    if _backward(loss.step2_discriminator_cls_fake * cls_fake, discriminator_parameters,
+                 train_generator, scaler):
+        updates.append((optimizers.discriminator, discriminator_parameters))
+    generator_parameters = _trainable(model.generator)
+    if train_generator and _backward(loss.step2_generator_cls_fake * cls_fake,
+                                     generator_parameters, False, scaler):
+        updates.append((optimizers.generator, generator_parameters))
+    results.update(_apply_updates(updates, scaler, sync))
+    results["skipped"] = 0.0
+    return results

@@ -1,41 +1,34 @@
-"""Evaluate a model on the configured test split and write its report with a protocol card."""
+"""Evaluate a model on the configured test split and write its report with a protocol card
+(`metrics.json`, `report.md`) and its pictures (`confusion.csv`, `confusion.png`, `iou.png`);
+`evaluation_panel` draws the input / ground truth / prediction panel for TensorBoard."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
+import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from cagnet.builders import Benchmark, build_datasets
+from cagnet.charts import write_evaluation_figures
 from cagnet.config import Config
 from cagnet.datasets.segmentation import collate_samples
-from cagnet.engine.evaluator import describe_protocol, evaluate
+from cagnet.engine.evaluator import evaluate
 from cagnet.metrics import zero_shot_scores
 from cagnet.report import write_report
 from cagnet.utils.runtime import autocast_factory
+from cagnet.visualize import segmentation_panel
 
 
 def protocol_card(config: Config, benchmark: Benchmark) -> dict:
-    """What a reader needs to compare this number with another one."""
-    split = benchmark.split
-    sources = benchmark.embedding_metadata.get("sources", [])
-    return {
-        "setting": "generalized zero-shot, inductive (unseen classes never labelled in training;"
-                   " every seen and unseen class is a candidate at test time)",
-        "background": "ignored in training and evaluation (not a class)"
-        if split.class_names[0] not in split.model_class_names else "a seen class",
-        "unseen_training_pixels": "mapped to the ignore label 255: they reach no loss",
-        "evaluation": describe_protocol(config.eval.protocol, config.eval.warp_size),
-        "protocol": config.eval.protocol,
-        "dataset_root": str(config.data.root),
-        "test_list": str(config.data.val_list),
-        "embeddings": str(benchmark.embedding_path),
-        "embedding_sources": [{"kind": s.get("kind"), "sha256": s.get("sha256")}
-                              for s in sources if isinstance(s, dict)],
-        "seen_classes": [split.class_names[i] for i in split.seen_ids],
-        "unseen_classes": [split.class_names[i] for i in split.unseen_ids],
-    }
+    """What a reader needs to compare this number with another one (cagnet/engine/protocol.py:
+    setting, background, unseen training pixels, evaluation resolution, embeddings + sha256,
+    split)."""
+    from cagnet.engine.protocol import protocol_card as build_card
+
+    return build_card(config, benchmark)
 
 
 def build_eval_loader(config: Config, benchmark: Benchmark) -> DataLoader:
@@ -60,4 +53,32 @@ def evaluate_and_report(model: torch.nn.Module, config: Config, benchmark: Bench
     if out_dir is not None:
         write_report(out_dir, scores, split.model_class_names, split.num_seen,
                      protocol_card(config, benchmark), title)
+        write_evaluation_figures(out_dir, confusion.cpu().numpy(), scores,
+                                 split.model_class_names, split.num_seen)
     return scores
+
+
+@torch.no_grad()
+def evaluation_panel(model: torch.nn.Module, config: Config, benchmark: Benchmark,
+                     device: torch.device, loader: DataLoader | None = None,
+                     max_images: int = 4) -> np.ndarray:
+    """Input / ground truth / prediction of the first test images, stacked vertically, for
+    TensorBoard: (3, H, W) uint8 RGB. Shown at the warp size (the label nearest-resized to it,
+    the logits bilinearly upsampled to it); the model's train/eval mode is restored."""
+    loader = loader or build_eval_loader(config, benchmark)
+    batch = next(iter(loader))
+    was_training = model.training
+    model.eval()
+    logits = model.segment(batch["image"][:max_images].to(device)).float()
+    model.train(was_training)
+    size = tuple(batch["image"].shape[-2:])
+    predictions = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+    mean = np.asarray(config.data.mean_bgr, dtype=np.float32)
+    rows = []
+    for index, prediction in enumerate(predictions.argmax(1).cpu().numpy()):
+        image = (batch["image"][index].numpy().transpose(1, 2, 0) + mean).clip(0, 255)
+        label = F.interpolate(batch["label"][index][None, None].float(), size=size,
+                              mode="nearest")[0, 0].long().numpy()
+        rows.append(segmentation_panel(image.astype(np.uint8), label, prediction,
+                                       benchmark.split.num_seen + benchmark.split.num_unseen))
+    return np.concatenate(rows, axis=1)

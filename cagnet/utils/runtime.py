@@ -1,4 +1,5 @@
-"""Runtime helpers: seeding, autocast, threads, logging, and the per-run log writer."""
+"""Runtime helpers: seeding, autocast and the GradScaler, memory format and compilation, logging,
+and the per-run log writer."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ from typing import Callable, ContextManager
 import numpy as np
 import torch
 
+from cagnet.errors import ConfigError
+
 LOGGER = logging.getLogger("cagnet")
 
 
@@ -23,10 +26,12 @@ def seed_everything(seed: int, rank: int = 0) -> None:
 
 
 def set_deterministic(enabled: bool) -> None:
-    """Opt-in deterministic kernels (bit-exact resume on the CPU needs them on some ops)."""
+    """Opt-in deterministic kernels (bit-exact resume on the CPU needs them on some ops).
+    Otherwise cuDNN may autotune its convolution algorithms: every input shape of a run is
+    fixed (three crop scales, one evaluation warp), so the search runs once per shape."""
     if enabled:
         torch.use_deterministic_algorithms(True, warn_only=True)
-        torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.benchmark = not enabled
 
 
 def autocast_factory(device: torch.device, amp: str) -> Callable[[], ContextManager]:
@@ -37,9 +42,36 @@ def autocast_factory(device: torch.device, amp: str) -> Callable[[], ContextMana
     return lambda: torch.autocast(device_type=device.type, dtype=dtype)
 
 
+def build_grad_scaler(device: torch.device, amp: str) -> torch.amp.GradScaler:
+    """The run's one GradScaler: active for fp16 only (bf16 has fp32's exponent range and
+    needs no loss scaling); disabled, it passes every call straight through."""
+    return torch.amp.GradScaler(device.type, enabled=amp == "fp16")
+
+
+def memory_format(channels_last: bool) -> torch.memory_format:
+    """The memory format of images and conv weights (`train.channels_last`)."""
+    return torch.channels_last if channels_last else torch.contiguous_format
+
+
+def prepare_model(model: torch.nn.Module, channels_last: bool = False,
+                  compile_backbone: bool = False) -> torch.nn.Module:
+    """Apply `train.channels_last` (4-D weights in NHWC order, which cuDNN / oneDNN prefer) and
+    `train.compile` (`torch.compile` of the backbone's forward, in place, so the state-dict
+    keys and checkpoints do not change). Returns `model` (modified in place)."""
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    if compile_backbone:
+        if not hasattr(torch, "compile"):
+            raise ConfigError("train.compile: this PyTorch has no torch.compile; set it to false")
+        model.backbone.compile()
+    return model
+
+
 def configure_logging(verbose: bool = False) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    # gensim logs every step of loading a vector file at INFO; keep the user's log readable.
+    logging.getLogger("gensim").setLevel(logging.DEBUG if verbose else logging.WARNING)
 
 
 class RunLog:

@@ -1,0 +1,154 @@
+"""Self-training pseudo-labels (method.md §5): rules on logits, and the pseudo-label folder.
+
+Which pixels may be pseudo-labelled: exactly those whose TRAINING label is 255 (the original
+CaGNet code's rule). Under the SPNet / CaGNet protocol that is background (VOC's background is
+not a class), void, and the pixels of unseen objects; seen-class pixels keep their label.
+Background is therefore pseudo-labelled too, as in the original; nothing here reads the true
+unseen labels (the training lookup has already turned them into 255).
+
+Rules, on logits (B, K, H, W) in model class order (seen 0..S-1, unseen S..K-1):
+
+- `top_p_rule` (CaGNet): a pixel gets the best-ranked unseen class if one is among its top-p
+  predicted classes, else stays 255.
+- `top_percent_rule` (ZS3Net): among the pixels whose prediction (argmax) is an unseen class,
+  the `percent` % most confident ones of each image (softmax probability of that class) keep it.
+
+`write_pseudo_labels` runs a model over the training images (warped like test images, logits
+bilinearly upsampled to the label's resolution) and writes `<id>.png` maps in DATASET ids
+(seen ids, pseudo-labelled unseen ids, 255) for `data.pseudo_label_dir`.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader
+
+from cagnet.builders import Benchmark, resolve_path
+from cagnet.config import Config
+from cagnet.datasets import benchmarks
+from cagnet.datasets.label_sources import encode_index_png
+from cagnet.datasets.segmentation import collate_samples
+from cagnet.datasets.transforms import EvalTransform
+from cagnet.utils.io import atomic_write_bytes, atomic_write_json
+
+IGNORE_INDEX = 255
+Rule = Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]
+
+
+def top_p_rule(logits: torch.Tensor, train_labels: torch.Tensor, num_seen: int,
+               top_p: int) -> torch.Tensor:
+    """CaGNet's rule. logits (B, K, H, W), train_labels (B, H, W) (0..S-1 or 255) ->
+    labels (B, H, W): seen labels kept; 255 pixels get S..K-1 or stay 255."""
+    top = logits.topk(min(top_p, logits.shape[1]), dim=1).indices  # (B, p, H, W), best first
+    is_unseen = top >= num_seen
+    first = is_unseen.float().argmax(dim=1, keepdim=True)  # rank of the best unseen class
+    best_unseen = top.gather(1, first).squeeze(1)
+    candidate = (train_labels == IGNORE_INDEX) & is_unseen.any(dim=1)
+    return torch.where(candidate, best_unseen, train_labels)
+
+
+def top_percent_rule(logits: torch.Tensor, train_labels: torch.Tensor, num_seen: int,
+                     percent: float) -> torch.Tensor:
+    """ZS3Net's rule. Per image, of the 255 pixels predicted (argmax) as an unseen class, the
+    ceil(percent / 100 * n) most confident keep that class (ties: raster order)."""
+    probabilities = torch.softmax(logits.float(), dim=1)
+    confidence, prediction = probabilities.max(dim=1)  # (B, H, W)
+    output = train_labels.clone()
+    for index in range(logits.shape[0]):
+        candidate = (train_labels[index] == IGNORE_INDEX) & (prediction[index] >= num_seen)
+        positions = torch.nonzero(candidate.flatten()).squeeze(1)
+        keep = math.ceil(percent / 100.0 * positions.numel())
+        if keep == 0:
+            continue
+        scores = confidence[index].flatten()[positions]
+        chosen = positions[torch.sort(scores, descending=True, stable=True).indices[:keep]]
+        output[index].view(-1)[chosen] = prediction[index].flatten()[chosen]
+    return output
+
+
+def rule_from_config(method: str, config: Config) -> tuple[Rule, str]:
+    """The rule of `method` ("cagnet": top-p, "zs3net": top-p %) with its parameter from
+    `config.self_training`, and a description for the protocol."""
+    settings = config.self_training
+    rules = {
+        "cagnet": (lambda logits, labels, seen: top_p_rule(logits, labels, seen,
+                                                          settings.top_p),
+                   f"best-ranked unseen class when among the top {settings.top_p} predictions"),
+        "zs3net": (lambda logits, labels, seen: top_percent_rule(logits, labels, seen,
+                                                                settings.top_percent),
+                   f"top {settings.top_percent:g} % most confident unseen predictions per "
+                   "image"),
+    }
+    if method not in rules:
+        raise KeyError(f"no self-training rule for {method!r}; valid: {', '.join(rules)}")
+    return rules[method]
+
+
+def _training_images(config: Config, benchmark: Benchmark) -> DataLoader:
+    """Training images warped like test images, labels through the TRAINING lookup."""
+    data, split = config.data, benchmark.split
+    root = Path(data.root)
+    source = benchmarks.label_source(data, root, split.class_names)
+    ids = benchmarks.read_image_ids(resolve_path(data.train_list, root), data, root)
+    if data.drop_images_with_unseen:
+        ids = benchmarks.drop_images_with_unseen(ids, source, split.unseen_ids)
+    dataset = benchmarks.make_dataset(data, root, ids, source, split.train_lookup(),
+                                      split.known_ids(),
+                                      EvalTransform(tuple(data.mean_bgr), config.eval.warp_size),
+                                      config.train.seed)
+    return DataLoader(dataset, batch_size=config.eval.batch_size, shuffle=False,
+                      num_workers=data.num_workers, collate_fn=collate_samples)
+
+
+@torch.no_grad()
+def write_pseudo_labels(model: nn.Module, config: Config, benchmark: Benchmark, rule: Rule,
+                        out_dir: str | Path, device: torch.device,
+                        diagnostics: bool = True) -> dict:
+    """Pseudo-label every training image into `out_dir/<id>.png`; returns (and writes as
+    `summary.json`) the pixel counts per class. With `diagnostics`, the true labels are read
+    AFTERWARDS to report each class's pseudo-label precision (never used for training)."""
+    split = benchmark.split
+    to_dataset_ids = np.full(256, IGNORE_INDEX, dtype=np.uint8)
+    to_dataset_ids[:len(split.model_ids)] = split.model_ids
+    test_lookup = split.test_lookup()
+    num_classes = len(split.model_ids)
+    counts = np.zeros(num_classes, dtype=np.int64)
+    correct = np.zeros(num_classes, dtype=np.int64)
+    loader = _training_images(config, benchmark)
+    position = 0  # the loader is not shuffled: dataset index of the next sample
+    model.eval()
+    for batch in loader:
+        logits = model.segment(batch["image"].to(device)).float()
+        for index, (train_label, image_id) in enumerate(zip(batch["label"], batch["id"])):
+            upsampled = F.interpolate(logits[index:index + 1], size=train_label.shape[-2:],
+                                      mode="bilinear", align_corners=False)
+            labels = rule(upsampled, train_label[None].to(device), split.num_seen)[0].cpu()
+            pseudo = (train_label == IGNORE_INDEX) & (labels != IGNORE_INDEX)
+            counts += np.bincount(labels[pseudo].numpy(), minlength=num_classes)
+            atomic_write_bytes(Path(out_dir) / f"{image_id}.png",
+                               encode_index_png(to_dataset_ids[labels.numpy()]))
+            if diagnostics:
+                truth = test_lookup[benchmarks.read_dataset_label(loader.dataset, position)]
+                hits = pseudo.numpy() & (truth == labels.numpy())
+                correct += np.bincount(labels.numpy()[hits], minlength=num_classes)
+            position += 1
+    names = split.model_class_names
+    summary = {
+        "pseudo_labelled_pixels": {names[k]: int(counts[k]) for k in range(split.num_seen,
+                                                                           num_classes)},
+        "total_pseudo_labelled_pixels": int(counts.sum()),
+        "diagnostic_precision": {names[k]: (float(correct[k] / counts[k]) if counts[k] else None)
+                                 for k in range(split.num_seen, num_classes)} if diagnostics
+        else None,
+        "note": "diagnostic_precision compares the pseudo-labels with the hidden true labels "
+                "after they were written; it is never used for training",
+    }
+    atomic_write_json(Path(out_dir) / "summary.json", summary)
+    return summary

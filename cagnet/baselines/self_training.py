@@ -1,0 +1,98 @@
+"""Self-training runs: CaGNet's trainer on pseudo-labelled training data (method.md §5).
+
+The data side is `data.pseudo_label_dir` (cagnet/builders.py): training labels come from the
+pseudo-label folder, with pseudo-labelled unseen pixels mapped to their model index S..K-1.
+The CaGNet step-1 iteration accepts those labels as they are: they are classification targets
+for the real features, and `CaGNet.condition` gives each its class's real embedding as the
+generator's condition (pseudo-labelled unseen features are then generated and matched too).
+
+`self_training.zero_embedding_for_pseudo_labels: true` reproduces the original instead: its
+step-1 condition table held only the seen classes' embeddings, so every pseudo-labelled pixel
+was conditioned on a zero vector. That is done here by zeroing the unseen rows of the model's
+embedding buffer for the duration of each step-1 iteration (the only unseen labels a step-1
+batch holds are pseudo-labels) and restoring them before anything else runs; step-2
+iterations, which sample unseen classes on purpose, keep the real embeddings.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Iterator
+
+import torch
+
+from cagnet.builders import build_benchmark, build_model, resolve_device
+from cagnet.config import Config, save_config
+from cagnet.engine import trainer
+from cagnet.engine.execution import build_execution
+from cagnet.engine.optim import build_optimizers
+from cagnet.engine.protocol import write_protocol_card
+from cagnet.engine.run_dir import prepare_run_dir
+from cagnet.engine.schedules import is_step2_iteration
+from cagnet.errors import ConfigError
+from cagnet.models import CaGNet
+from cagnet.utils import distributed
+from cagnet.utils.runtime import seed_everything, set_deterministic
+
+
+@contextlib.contextmanager
+def zero_unseen_conditions(model: CaGNet) -> Iterator[None]:
+    """Inside the block the unseen rows S..K-1 of `model.class_embeddings` are zero, so
+    `model.condition` maps unseen labels to zero vectors; the rows are restored on exit."""
+    buffer = model.class_embeddings
+    saved = buffer[model.num_seen:].clone()
+    with torch.no_grad():
+        buffer[model.num_seen:] = 0
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            buffer[model.num_seen:] = saved
+
+
+class ZeroPseudoEmbeddingRun(trainer.TrainingRun):
+    """A training run whose step-1 iterations condition pseudo-labelled pixels on zeros."""
+
+    def _step(self, iteration: int, stop) -> tuple[dict[str, float], dict]:
+        train = self.config.train
+        if is_step2_iteration(iteration, train.stage, train.mixed_period):
+            return super()._step(iteration, stop)
+        with zero_unseen_conditions(self.model):
+            return super()._step(iteration, stop)
+
+
+def train_self_training(config: Config, run_dir: str | Path, init_checkpoint: str | Path, *,
+                        overwrite: bool = False, show_progress: bool = True
+                        ) -> trainer.TrainResult:
+    """Step 1 or the mixed finetune (`config.train.stage`) on `data.pseudo_label_dir`, starting
+    from `init_checkpoint`. With the zero-embedding switch off this is exactly `train`."""
+    if not config.data.pseudo_label_dir:
+        raise ConfigError("data.pseudo_label_dir: a self-training run needs the pseudo-label "
+                          "folder (written by cagnet.baselines.pseudo_labels)")
+    if not config.self_training.zero_embedding_for_pseudo_labels:
+        return trainer.train(config, run_dir, init_checkpoint=init_checkpoint,
+                             overwrite=overwrite, show_progress=show_progress)
+    # The fresh-start path of `trainer.train`, with the run class that zeroes the conditions.
+    run_dir = Path(run_dir)
+    execution = build_execution(config.train, resolve_device(config.train.device))
+    if execution.is_main_process:
+        prepare_run_dir(run_dir, False, overwrite)
+    distributed.barrier()
+    if config.train.threads:
+        torch.set_num_threads(config.train.threads)
+    seed_everything(config.train.seed)
+    set_deterministic(config.train.deterministic)
+    benchmark = build_benchmark(config)
+    model = build_model(config.model, benchmark.class_embeddings, benchmark.split.num_seen)
+    trainer._initialise_weights(model, config, benchmark, init_checkpoint)
+    if execution.is_main_process:
+        save_config(config, run_dir / "config.yaml")
+        write_protocol_card(run_dir, config, benchmark)
+    execution.prepare(model)
+    optimizers = build_optimizers(model, config.optim, config.train.stage == "step1")
+    run = ZeroPseudoEmbeddingRun(config, run_dir, benchmark, model, optimizers,
+                                 execution.device, show_progress and execution.is_main_process,
+                                 execution)
+    run.checkpoint("last.pt")
+    return run.run()

@@ -1,0 +1,32 @@
+"""`cagnet audit`: run the training data pipeline over the training set and prove that no
+unseen-class label value reaches a loss (exit status 1 when one could)."""
+
+from __future__ import annotations
+
+import argparse
+
+from cagnet.commands.common import add_config_arguments
+
+
+def add_parser(commands) -> None:
+    parser = commands.add_parser("audit", help="run the training data pipeline over the "
+                                 "training set and check that every target is a seen class or "
+                                 "255 (writes audit.json)")
+    add_config_arguments(parser)
+    parser.add_argument("--max-images", type=int, default=0, help="audit only the first N "
+                        "training images (0 = all)")
+    parser.add_argument("--out", default="audit.json", help="JSON report (default audit.json)")
+    parser.set_defaults(handler=run)
+
+
+def run(arguments: argparse.Namespace) -> int:
+    from cagnet.config import load_config
+    from cagnet.engine.audit import audit_training_data, format_audit
+    from cagnet.utils.io import atomic_write_json
+
+    config = load_config(arguments.config, arguments.overrides)
+    report = audit_training_data(config, arguments.max_images, show_progress=True)
+    print(format_audit(report))
+    atomic_write_json(arguments.out, report.to_dict())
+    print(f"audit written to {arguments.out}")
+    return 0 if report.ok else 1

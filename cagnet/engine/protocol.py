@@ -1,0 +1,82 @@
+"""The protocol card: everything a reader needs to compare a number with another one.
+
+Written as `protocol.json` into every run directory at training start, and into every report.
+It states the setting (generalized zero-shot, inductive), how background is handled, what
+happens to training pixels and images of unseen classes, the evaluation protocol and resolution,
+the embedding file with its sha256 and its sources, and the split.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from cagnet.builders import Benchmark, resolve_path
+from cagnet.config import Config
+from cagnet.engine.evaluator import describe_protocol
+from cagnet.utils.io import atomic_write_json
+
+BACKGROUND_NAMES = ("background", "unlabel", "unlabeled", "unlabelled", "_background_")
+EVALUATION_RESOLUTION = {
+    "full": "the label's original resolution (logits bilinearly upsampled)",
+    "original": "the stride-8 feature grid of the warped image (labels nearest-downsampled)",
+}
+
+
+def _background(config: Config, benchmark: Benchmark) -> str:
+    split = benchmark.split
+    if split.class_names[0].lower() not in BACKGROUND_NAMES:
+        return "no background class: only void (255) is ignored"
+    if 0 in split.seen_ids:
+        return (f"'{split.class_names[0]}' (id 0) is a seen class with its own embedding row, "
+                "trained and evaluated (ZS3Net protocol)")
+    return (f"'{split.class_names[0]}' (id 0) is not a class: mapped to 255, ignored in "
+            "training and evaluation (SPNet / CaGNet protocol)")
+
+
+def _unseen_training_pixels(config: Config) -> str:
+    rule = ("mapped to the ignore label 255 by the training lookup table: no unseen label value "
+            "reaches any loss (`cagnet audit` checks the final targets)")
+    if config.data.drop_images_with_unseen:
+        return ("training images that contain any unseen-class pixel are removed "
+                "(data.drop_images_with_unseen, ZS3Net protocol); other non-seen pixels are "
+                + rule)
+    return "kept images; their unseen-class pixels are " + rule
+
+
+def protocol_card(config: Config, benchmark: Benchmark) -> dict:
+    """The card as a JSON-ready dict (see the module docstring)."""
+    from cagnet.class_embeddings import sha256_file
+
+    split = benchmark.split
+    sources = benchmark.embedding_metadata.get("sources", [])
+    path = Path(benchmark.embedding_path)
+    return {
+        "setting": "generalized zero-shot, inductive (unseen classes never labelled in training "
+                   "and their test images never seen; every seen and unseen class is a candidate "
+                   "at test time)",
+        "background": _background(config, benchmark),
+        "unseen_training_pixels": _unseen_training_pixels(config),
+        "evaluation": describe_protocol(config.eval.protocol, config.eval.warp_size),
+        "evaluation_resolution": EVALUATION_RESOLUTION.get(config.eval.protocol,
+                                                           config.eval.protocol),
+        "protocol": config.eval.protocol,
+        "dataset_root": str(config.data.root),
+        "layout": config.data.layout,
+        "train_list": str(config.data.train_list),
+        "test_list": str(config.data.val_list),
+        "class_names_file": str(resolve_path(config.data.class_names, config.data.root)),
+        "split_file": str(resolve_path(config.data.split, config.data.root)),
+        "embeddings": str(path),
+        "embedding_sha256": sha256_file(path) if path.is_file() else None,
+        "embedding_dim": int(benchmark.class_embeddings.shape[1]),
+        "embedding_sources": [{"kind": s.get("kind"), "sha256": s.get("sha256")}
+                              for s in sources if isinstance(s, dict)],
+        "seen_classes": [split.class_names[i] for i in split.seen_ids],
+        "unseen_classes": [split.class_names[i] for i in split.unseen_ids],
+        "validation_classes": [split.class_names[i] for i in split.validation_ids],
+    }
+
+
+def write_protocol_card(run_dir: str | Path, config: Config, benchmark: Benchmark) -> Path:
+    """Write `<run_dir>/protocol.json` atomically."""
+    return atomic_write_json(Path(run_dir) / "protocol.json", protocol_card(config, benchmark))

@@ -1,0 +1,206 @@
+"""Pictures of predictions: class colours, palette label PNGs, overlays, legends, and the
+input / ground truth / prediction panel that TensorBoard shows at each evaluation.
+
+Colours are deterministic: model class k (seen classes first, then unseen, then classes added
+by `cagnet extend`) is drawn with entry k + 1 of the Pascal VOC colour map; entry 0 (black) is
+never a class. A label PNG written here is a palette PNG whose pixel value is k + 1, so any
+image viewer shows the same colours as the overlays, and `value - 1` gives the model class.
+
+Everything is drawn with OpenCV (no plotting library). Images are BGR uint8 (H, W, 3) inside
+this module; only `segmentation_panel` returns RGB (3, H, W) for TensorBoard. Text is drawn
+with OpenCV's Hershey fonts, which only know ASCII: other characters are shown as '?'.
+The evaluation charts (confusion matrix, per-class IoU) live in `cagnet.charts`.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import cv2
+import numpy as np
+from PIL import Image
+
+from cagnet.datasets.shapes_drawing import voc_palette
+from cagnet.errors import CagnetError
+from cagnet.utils.io import atomic_write_bytes
+
+IGNORE_INDEX = 255
+MAX_CLASSES = 254  # label PNG values are class + 1 and must stay below 255
+FONT = cv2.FONT_HERSHEY_SIMPLEX
+TEXT_COLOUR = (30, 30, 30)
+BACKGROUND = (255, 255, 255)
+
+
+def class_colours(num_classes: int) -> np.ndarray:
+    """(K, 3) uint8 RGB: class k gets VOC colour-map entry k + 1."""
+    if not 0 < num_classes <= MAX_CLASSES:
+        raise CagnetError(f"cannot colour {num_classes} classes: expected 1..{MAX_CLASSES} "
+                          "(label PNG values are class index + 1, below 255)")
+    palette = np.asarray(voc_palette(), dtype=np.uint8).reshape(256, 3)
+    return palette[1:num_classes + 1].copy()
+
+
+def colourise(labels: np.ndarray, colours: np.ndarray, ignore_colour=(0, 0, 0)) -> np.ndarray:
+    """labels (H, W) class indices (255 = ignore) -> (H, W, 3) uint8 RGB."""
+    table = np.zeros((256, 3), dtype=np.uint8)
+    table[:] = ignore_colour
+    table[:len(colours)] = colours
+    return table[np.asarray(labels).clip(0, 255).astype(np.uint8)]
+
+
+def label_png_bytes(prediction: np.ndarray, num_classes: int) -> bytes:
+    """A palette PNG of prediction (H, W) class indices 0..K-1: pixel value = class + 1,
+    palette = the VOC colour map (value 0, black, is never used)."""
+    prediction = np.asarray(prediction)
+    if prediction.size and (prediction.min() < 0 or prediction.max() >= num_classes):
+        raise ValueError(f"prediction holds values outside 0..{num_classes - 1}")
+    class_colours(num_classes)  # checks the class count
+    image = Image.fromarray((prediction + 1).astype(np.uint8), mode="P")
+    image.putpalette(voc_palette())
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", optimize=True)
+    return buffer.getvalue()
+
+
+def encode_png(image_bgr: np.ndarray) -> bytes:
+    """BGR uint8 (H, W, 3) -> PNG bytes."""
+    ok, data = cv2.imencode(".png", image_bgr, [cv2.IMWRITE_PNG_COMPRESSION, 9])
+    if not ok:
+        raise CagnetError(f"cannot encode an image of shape {image_bgr.shape} as PNG")
+    return data.tobytes()
+
+
+def write_png(path: str | Path, image_bgr: np.ndarray) -> Path:
+    """Write a BGR image as PNG, atomically."""
+    return atomic_write_bytes(path, encode_png(image_bgr))
+
+
+def ascii_text(text: str) -> str:
+    """What OpenCV's fonts can draw: non-ASCII characters become '?'."""
+    return str(text).encode("ascii", "replace").decode("ascii")
+
+
+def text_width(text: str, scale: float, thickness: int = 1) -> int:
+    return cv2.getTextSize(ascii_text(text), FONT, scale, thickness)[0][0]
+
+
+def put_text(canvas: np.ndarray, text: str, origin: tuple[int, int], scale: float,
+             colour=TEXT_COLOUR, thickness: int = 1) -> None:
+    """Anti-aliased text with its baseline's left end at `origin` (x, y)."""
+    cv2.putText(canvas, ascii_text(text), (int(origin[0]), int(origin[1])), FONT, scale,
+                tuple(int(c) for c in colour), thickness, cv2.LINE_AA)
+
+
+def overlay(image_bgr: np.ndarray, prediction: np.ndarray, colours: np.ndarray,
+            alpha: float = 0.5, contour_thickness: int | None = None) -> np.ndarray:
+    """Blend the class colours into the image and outline every region.
+
+    Args:
+        image_bgr: (H, W, 3) uint8.
+        prediction: (H, W) class indices 0..K-1 (255 pixels are left unblended).
+        colours: (K, 3) uint8 RGB class colours.
+        alpha: weight of the colour layer.
+        contour_thickness: outline width in pixels (default: grows with the image size).
+    Returns:
+        (H, W, 3) uint8 BGR.
+    """
+    colour_layer = colourise(prediction, colours)[..., ::-1].astype(np.float32)
+    blended = image_bgr.astype(np.float32) * (1.0 - alpha) + colour_layer * alpha
+    valid = (prediction != IGNORE_INDEX)[..., None]
+    out = np.where(valid, blended, image_bgr.astype(np.float32)).round().astype(np.uint8)
+    thickness = contour_thickness or max(1, round(min(prediction.shape) / 200))
+    for class_index in np.unique(prediction):
+        if class_index == IGNORE_INDEX:
+            continue
+        mask = (prediction == class_index).astype(np.uint8)
+        contours, _ = cv2.findContours(mask, cv2.RETR_LIST, cv2.CHAIN_APPROX_SIMPLE)
+        colour_bgr = tuple(int(c) for c in colours[class_index][::-1])
+        cv2.drawContours(out, contours, -1, colour_bgr, thickness, cv2.LINE_8)
+    return out
+
+
+@dataclass(frozen=True)
+class LegendEntry:
+    """One legend row: the class, its colour (RGB), its tag (seen / unseen / added) and the
+    share of the image's pixels predicted as it."""
+
+    name: str
+    colour: tuple[int, int, int]
+    tag: str
+    share: float
+
+
+def legend_entries(prediction: np.ndarray, class_names: Sequence[str], tags: Sequence[str],
+                   colours: np.ndarray) -> list[LegendEntry]:
+    """The classes present in `prediction` (H, W), largest pixel share first."""
+    counts = np.bincount(np.asarray(prediction).ravel(), minlength=len(class_names))
+    total = max(int(counts[:len(class_names)].sum()), 1)
+    present = [index for index in np.argsort(-counts[:len(class_names)], kind="stable")
+               if counts[index] > 0]
+    return [LegendEntry(class_names[index], tuple(int(c) for c in colours[index]), tags[index],
+                        counts[index] / total) for index in present]
+
+
+def legend_image(entries: Sequence[LegendEntry], title: str = "classes present",
+                 height: int | None = None, scale: float = 0.5) -> np.ndarray:
+    """A legend: colour swatch, class name, [tag], pixel share per row. (H, W, 3) BGR; at least
+    `height` pixels tall when given (so it can sit beside an image)."""
+    row = int(round(44 * scale))
+    swatch = int(round(28 * scale))
+    name_width = max([text_width(e.name, scale) for e in entries] + [text_width(title, scale)])
+    tag_width = max([text_width(f"[{e.tag}]", scale) for e in entries] + [0])
+    share_width = text_width("100.0 %", scale)
+    pad = int(round(16 * scale))
+    width = pad + swatch + pad + name_width + pad + tag_width + pad + share_width + pad
+    needed = row * (len(entries) + 1) + pad
+    canvas = np.full((max(needed, height or 0), width, 3), BACKGROUND, dtype=np.uint8)
+    put_text(canvas, title, (pad, row - pad // 2), scale, thickness=1)
+    for index, entry in enumerate(entries):
+        top = row * (index + 1) + (row - swatch) // 2
+        x = pad
+        colour_bgr = tuple(int(c) for c in entry.colour[::-1])
+        cv2.rectangle(canvas, (x, top), (x + swatch, top + swatch), colour_bgr, -1)
+        cv2.rectangle(canvas, (x, top), (x + swatch, top + swatch), (60, 60, 60), 1)
+        baseline = top + swatch - max(1, swatch // 6)
+        x += swatch + pad
+        put_text(canvas, entry.name, (x, baseline), scale)
+        x += name_width + pad
+        tag_colour = (40, 40, 40) if entry.tag == "seen" else (0, 90, 200)
+        put_text(canvas, f"[{entry.tag}]", (x, baseline), scale, tag_colour)
+        share = f"{100.0 * entry.share:.1f} %"
+        put_text(canvas, share, (width - pad - text_width(share, scale), baseline), scale)
+    return canvas
+
+
+def side_by_side(images: Sequence[np.ndarray], gap: int = 8) -> np.ndarray:
+    """Concatenate BGR images left to right on a white background, top-aligned."""
+    height = max(image.shape[0] for image in images)
+    width = sum(image.shape[1] for image in images) + gap * (len(images) - 1)
+    canvas = np.full((height, width, 3), BACKGROUND, dtype=np.uint8)
+    x = 0
+    for image in images:
+        canvas[:image.shape[0], x:x + image.shape[1]] = image
+        x += image.shape[1] + gap
+    return canvas
+
+
+def segmentation_panel(image_bgr: np.ndarray, label: np.ndarray, prediction: np.ndarray,
+                       num_classes: int) -> np.ndarray:
+    """Input | ground truth | prediction, for TensorBoard.
+
+    Args:
+        image_bgr: (H, W, 3) uint8 input image.
+        label: (H, W) ground-truth class indices (255 = background / void, drawn black).
+        prediction: (H, W) predicted class indices.
+        num_classes: K, the number of model classes.
+    Returns:
+        (3, H, 3 W + 8) uint8 RGB (CHW, as `SummaryWriter.add_image` expects).
+    """
+    colours = class_colours(num_classes)
+    truth = colourise(label, colours)[..., ::-1]
+    predicted = colourise(prediction, colours)[..., ::-1]
+    panel = side_by_side([image_bgr, truth, predicted], gap=4)
+    return np.ascontiguousarray(panel[..., ::-1].transpose(2, 0, 1))
