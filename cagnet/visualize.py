@@ -170,7 +170,7 @@ def legend_image(entries: Sequence[LegendEntry], title: str = "classes present",
         x += name_width + pad
         tag_colour = (40, 40, 40) if entry.tag == "seen" else (0, 90, 200)
         put_text(canvas, f"[{entry.tag}]", (x, baseline), scale, tag_colour)
-        share = f"{100.0 * entry.share:.1f} %"
+        share = f"{100.0 * entry.share:.1f} %" if entry.share >= 0.0005 else "<0.1 %"
         put_text(canvas, share, (width - pad - text_width(share, scale), baseline), scale)
     return canvas
 

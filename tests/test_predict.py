@@ -107,7 +107,7 @@ def test_banded_upsampling_matches_interpolate():
         assert torch.equal(direct, banded)
 
 
-def test_training_run_writes_evaluation_pictures(tiny_run):
+def test_training_run_writes_evaluation_pictures_and_a_tensorboard_panel(tiny_run):
     base, _ = tiny_run
     run = base / "run"
     header = (run / "confusion.csv").read_text().splitlines()[0].split(",")
@@ -117,6 +117,11 @@ def test_training_run_writes_evaluation_pictures(tiny_run):
     for name in ("confusion.png", "iou.png"):
         image = cv2.imread(str(run / name))
         assert image is not None and image.shape[0] > 50
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run / "tensorboard"))
+    events.Reload()
+    assert "val/predictions" in events.Tags()["images"]
 
 
 def test_custom_example_recipe_reads_a_custom_layout(tmp_path: Path):

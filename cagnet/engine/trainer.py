@@ -37,7 +37,8 @@ from cagnet.engine.schedules import is_step2_iteration, iteration_seed
 from cagnet.engine.signals import RunStopped, StopRequest, shield_worker_from_stop_signals
 from cagnet.engine.steps import classifier_step, feature_generation_step
 from cagnet.engine.protocol import write_protocol_card
-from cagnet.engine.validation import build_eval_loader, evaluate_and_report
+from cagnet.engine.validation import (build_eval_loader, evaluate_and_report,
+                                      log_evaluation_panel)
 from cagnet.errors import CagnetError, CheckpointError, TrainingError
 from cagnet.report import format_scores_line
 from cagnet.utils import distributed
@@ -254,6 +255,8 @@ class TrainingRun:
             scores = evaluate_and_report(self.model, self.config, self.benchmark, self.device,
                                          None, "", self.eval_loader)
             self.log.write("val", done, _scalar_scores(scores))
+            log_evaluation_panel(self.log, done, self.model, self.config, self.benchmark,
+                                 self.device, self.eval_loader)
             LOGGER.info("iteration %d: %s", done, format_scores_line(scores))
             if scores["hiou"] == scores["hiou"] and scores["hiou"] > self.state.best_hiou:
                 self.state.best_hiou = scores["hiou"]
@@ -343,6 +346,8 @@ class TrainingRun:
                               f"evaluate it with `cagnet eval --checkpoint {final_path}` once "
                               "this is fixed)") from None
         self.log.write("val", total, _scalar_scores(scores))
+        log_evaluation_panel(self.log, total, self.model, self.config, self.benchmark,
+                             self.device, self.eval_loader)
         if self.config.data.on_bad_sample == "skip" and self.execution.is_main_process:
             report_skipped_samples(self.run_dir, self.state.skipped_samples)
         LOGGER.info("final: %s", format_scores_line(scores))

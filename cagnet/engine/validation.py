@@ -66,19 +66,35 @@ def evaluation_panel(model: torch.nn.Module, config: Config, benchmark: Benchmar
     TensorBoard: (3, H, W) uint8 RGB. Shown at the warp size (the label nearest-resized to it,
     the logits bilinearly upsampled to it); the model's train/eval mode is restored."""
     loader = loader or build_eval_loader(config, benchmark)
-    batch = next(iter(loader))
     was_training = model.training
     model.eval()
-    logits = model.segment(batch["image"][:max_images].to(device)).float()
-    model.train(was_training)
-    size = tuple(batch["image"].shape[-2:])
-    predictions = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
     mean = np.asarray(config.data.mean_bgr, dtype=np.float32)
-    rows = []
-    for index, prediction in enumerate(predictions.argmax(1).cpu().numpy()):
-        image = (batch["image"][index].numpy().transpose(1, 2, 0) + mean).clip(0, 255)
-        label = F.interpolate(batch["label"][index][None, None].float(), size=size,
-                              mode="nearest")[0, 0].long().numpy()
-        rows.append(segmentation_panel(image.astype(np.uint8), label, prediction,
-                                       benchmark.split.num_seen + benchmark.split.num_unseen))
+    num_classes = benchmark.split.num_seen + benchmark.split.num_unseen
+    try:
+        rows = []
+        for batch in loader:
+            images = batch["image"][:max_images - len(rows)]
+            logits = model.segment(images.to(device)).float()
+            size = tuple(images.shape[-2:])
+            predictions = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+            for index, prediction in enumerate(predictions.argmax(1).cpu().numpy()):
+                image = (images[index].numpy().transpose(1, 2, 0) + mean).clip(0, 255)
+                label = F.interpolate(batch["label"][index][None, None].float(), size=size,
+                                      mode="nearest")[0, 0].long().numpy()
+                rows.append(segmentation_panel(image.astype(np.uint8), label, prediction,
+                                               num_classes))
+            if len(rows) >= max_images:
+                break
+    finally:
+        model.train(was_training)
     return np.concatenate(rows, axis=1)
+
+
+def log_evaluation_panel(log, iteration: int, model: torch.nn.Module, config: Config,
+                         benchmark: Benchmark, device: torch.device,
+                         loader: DataLoader | None = None) -> None:
+    """Add `evaluation_panel` to TensorBoard as `val/predictions` (only where `log`, a
+    `RunLog`, writes TensorBoard: the main process)."""
+    if getattr(log, "enabled", False) and getattr(log, "writer", None) is not None:
+        log.add_image("val/predictions", evaluation_panel(model, config, benchmark, device,
+                                                          loader), iteration)
