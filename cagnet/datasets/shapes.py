@@ -1,9 +1,9 @@
 """The built-in synthetic zero-shot benchmark "shapes", written as a Pascal-VOC style folder.
 
-16 compositional classes ("red circle", ..., "yellow star" = colours x shapes, ids 1..16
-colour-major), 4 of them unseen and forming a Latin square, so every colour and every shape of
-an unseen class also occurs in 3 seen classes and the class embedding (mean of the word vectors
-of colour and shape) can transfer. Layout under `out_dir`:
+16 compositional classes ("plain red", ..., "checkered yellow" = surface patterns x colours,
+ids 1..16 pattern-major; the object outline is a nuisance factor), 4 of them unseen and forming a
+Latin square, so every pattern and every colour of an unseen class also occurs in 3 seen classes
+and the class embedding (mean of the word vectors of pattern and colour) can transfer. Layout under `out_dir`:
 
     JPEGImages/<id>.jpg, SegmentationClass/<id>.png   palette PNGs, VOC colour map, values are
                                                       class ids, 0 background, 255 void
