@@ -223,6 +223,10 @@ def extend_inference_model(inference, names: Sequence[str],
     embedding provenance. The grid is the model's feature grid of a training crop."""
     settings = settings or ExtensionSettings()
     config = inference.config
+    if config.baseline.method != "cagnet":
+        raise CagnetError(f"extending a {config.baseline.method} model: new classes are learnt "
+                          "from CaGNet's feature generator, so only cagnet checkpoints "
+                          "(baseline.method: cagnet) can be extended")
     rows, metadata = new_class_embeddings(names, inference.model.class_embeddings.shape[1],
                                           word_vectors, embeddings_file)
     _check_same_sources(config, metadata)

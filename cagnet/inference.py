@@ -4,8 +4,9 @@ Unlike `cagnet eval`, nothing here reads the dataset, the split file or the embe
 class list, the number of seen classes and the class-embedding matrix all come from the
 checkpoint (the model's `class_embeddings` buffer), so a checkpoint extended with new classes
 by `cagnet extend` works exactly like one straight out of training. The architecture comes from
-the checkpoint's stored config (`model` section); a model built around a custom trunk in Python
-(`cagnet.models.pluggable`) is rebuilt by its own code and passed to `cagnet.predict` directly.
+the checkpoint's stored config (`model` and `baseline` sections: CaGNet, SPNet or ZS3Net); a
+model built around a custom trunk in Python (`cagnet.models.pluggable`) is rebuilt by its own
+code and passed to `cagnet.predict` directly.
 """
 
 from __future__ import annotations
@@ -15,9 +16,9 @@ from pathlib import Path
 
 import torch
 
-from cagnet.builders import build_model
+from cagnet.baselines.methods import build_method_model
 from cagnet.config import Config, config_from_dict
-from cagnet.engine.checkpoint import load_checkpoint
+from cagnet.engine.checkpoint import load_checkpoint, load_model_state
 from cagnet.errors import CheckpointError
 
 
@@ -45,7 +46,8 @@ class InferenceModel:
 
 def model_from_state(state: dict, source: str | Path = "checkpoint") -> tuple[torch.nn.Module,
                                                                               Config]:
-    """Build the model described by a loaded checkpoint dict and load its weights (CPU).
+    """Build the model described by a loaded checkpoint dict (any `baseline.method`: CaGNet,
+    SPNet, ZS3Net) and load its weights (CPU).
 
     Raises CheckpointError naming `source` when the class list, the embedding buffer and the
     weights disagree.
@@ -59,12 +61,8 @@ def model_from_state(state: dict, source: str | Path = "checkpoint") -> tuple[to
     if embeddings.shape[0] != len(class_names):
         raise CheckpointError(f"{source}: {len(class_names)} class names but "
                               f"{embeddings.shape[0]} class-embedding rows")
-    model = build_model(config.model, embeddings.numpy(), int(state["num_seen"]))
-    try:
-        model.load_state_dict(weights)
-    except RuntimeError as error:
-        raise CheckpointError(f"{source}: weights do not fit the architecture of its stored "
-                              f"config: {str(error).splitlines()[0]}") from None
+    model = build_method_model(config, embeddings.numpy(), int(state["num_seen"]))
+    load_model_state(model, state, source)
     return model, config
 
 
