@@ -20,6 +20,9 @@ time is therefore one more unseen class, as soon as it has an embedding in the s
    feature grid of a training crop). Only the head moves because no real image anchors this
    run: the trunk is shared with the adversarial head and was trained on real features, and
    training it on generated features alone would drift away from them.
+
+`cagnet.extend_checkpoint` applies this to checkpoint files (`cagnet extend`); `cagnet predict
+--add-classes` applies it in memory.
 """
 
 from __future__ import annotations
@@ -243,53 +246,3 @@ def extend_inference_model(inference, names: Sequence[str],
     return {**summary, "added_classes": list(names),
             "embedding": {"file": embeddings_file, "sources": sources,
                           "rule": metadata.get("rule")}}
-
-
-def extend_checkpoint(checkpoint: str, out: str, names_text: str,
-                      word_vectors: Sequence[tuple[str, str]] = (),
-                      embeddings_file: str | None = None,
-                      settings: ExtensionSettings | None = None,
-                      device: torch.device | None = None) -> dict:
-    """`cagnet extend`: write `out` (a checkpoint over the old + new classes) and
-    `<out stem>.split.yaml` (seen: the old seen classes; unseen: the old unseen classes, then
-    the new ones, in model order). The stored config's `data.split` points to that file, so
-    `cagnet eval` works unchanged on a dataset whose class-name file names the new classes;
-    the previous split is kept in `extra.extension.base_split`. Returns the summary."""
-    from pathlib import Path
-
-    from cagnet.config import config_to_dict
-    from cagnet.engine.checkpoint import load_checkpoint, save_checkpoint
-    from cagnet.inference import InferenceModel, model_from_state
-    from cagnet.utils.io import atomic_write_text
-
-    device = device or torch.device("cpu")
-    state = load_checkpoint(checkpoint)
-    model, config = model_from_state(state, checkpoint)
-    names = parse_class_list(names_text, state["class_names"])
-    previous = (state.get("extra") or {}).get("extension") or {}
-    inference = InferenceModel(model.to(device).eval(), config, list(state["class_names"]),
-                               int(state["num_seen"]), list(previous.get("added_classes", [])),
-                               device)
-    summary = extend_inference_model(inference, names, word_vectors, embeddings_file, settings)
-    out = Path(out)
-    split_path = out.with_name(out.stem + ".split.yaml").resolve()
-    seen = inference.class_names[:inference.num_seen]
-    unseen = inference.class_names[inference.num_seen:]
-    atomic_write_text(split_path, "# written by cagnet extend: the class order of "
-                      f"{out.name}\nseen: {_yaml_list(seen)}\nunseen: {_yaml_list(unseen)}\n")
-    summary.update(base_checkpoint=str(checkpoint), base_split=config.data.split,
-                   added_classes=inference.added_classes, split_file=str(split_path),
-                   added_now=list(names))
-    config.data.split = str(split_path)
-    save_checkpoint(out, model=model, iteration=state["iteration"],
-                    config=config_to_dict(config), class_names=inference.class_names,
-                    num_seen=inference.num_seen,
-                    extra={"extension": summary, "base_extra_scores":
-                           (state.get("extra") or {}).get("scores", {})})
-    return summary
-
-
-def _yaml_list(names: Sequence[str]) -> str:
-    import json
-
-    return json.dumps(list(names))  # a JSON list is a YAML flow sequence

@@ -146,13 +146,33 @@ def test_zs3net_classifier_batch_weights_generated_unseen_pixels(tiny_voc) -> No
     assert generated_count(labels, 3, 7) == 7
     features = torch.rand(1, 4, 2, 4)
     model.eval()
-    weights = torch.ones(5)
-    weights[3] = 100.0
-    loss_weighted = classifier_batch_loss(model, GMMNGenerator(4, 4), features, labels, 2,
-                                          weights, torch.Generator().manual_seed(0))
-    loss_plain = classifier_batch_loss(model, GMMNGenerator(4, 4), features, labels, 2,
-                                       torch.ones(5), torch.Generator().manual_seed(0))
-    assert torch.isfinite(loss_weighted) and not torch.allclose(loss_weighted, loss_plain)
+    gmmn = GMMNGenerator(4, 4).eval()  # no dropout: the same rows in every call
+
+    def loss(weight: float) -> torch.Tensor:
+        return classifier_batch_loss(model, gmmn, features, labels, 2, weight,
+                                     torch.Generator().manual_seed(0))
+
+    # Hand-computed: 6 real rows (weight 1) and 2 generated rows of class 3 (weight w).
+    valid = labels != 255
+    real_logits = model.discriminator(features.permute(0, 2, 3, 1)[valid]).class_logits
+    fake = gmmn.generate(model.class_embeddings[torch.tensor([3, 3])],
+                         torch.Generator().manual_seed(0))
+    fake_logits = model.discriminator(fake).class_logits
+    real_terms = torch.nn.functional.cross_entropy(real_logits, labels[valid], reduction="none")
+    fake_terms = torch.nn.functional.cross_entropy(fake_logits, torch.tensor([3, 3]),
+                                                   reduction="none")
+    expected = (real_terms.sum() + 100 * fake_terms.sum()) / (6 + 200)
+    assert torch.allclose(loss(100.0), expected, atol=1e-5)
+    pseudo = labels.clone()
+    pseudo[0, 0, 3] = 3  # a pseudo-labelled real unseen pixel weighs 1, like every real pixel
+    with_pseudo = classifier_batch_loss(model, gmmn, features, pseudo, 2, 100.0,
+                                        torch.Generator().manual_seed(0))
+    extra = torch.nn.functional.cross_entropy(
+        model.discriminator(features[0, :, 0, 3][None]).class_logits, torch.tensor([3]),
+        reduction="none")
+    rows = torch.cat([real_terms, extra])
+    assert torch.allclose(with_pseudo, (rows.sum() + 100 * fake_terms.sum()) / (7 + 200),
+                          atol=1e-5)
 
 
 def test_zs3net_stage_freezes_the_backbone_and_retrains_the_classifier(tiny_voc,

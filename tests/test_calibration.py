@@ -14,7 +14,7 @@ import torch
 import yaml
 from torch import nn
 
-from cagnet.baselines.calibration import (CalibratedSegmenter, SweepTarget, calibrated_scores,
+from cagnet.baselines.calibration import (SweepTarget, calibrated_scores,
                                           parse_values, pick_temperature, validation_split)
 from cagnet.baselines.calibration_run import calibrate, check_validation_model
 from cagnet.datasets.splits import ClassSplit, read_class_names, read_split
@@ -73,20 +73,23 @@ def test_a_given_t_is_applied_and_recorded_as_given() -> None:
         calibrate(test, [0.0], temperature=0.5, validation=test)
 
 
-def test_sweep_matches_the_evaluator_on_the_calibrated_model() -> None:
+@pytest.mark.parametrize("protocol", ["full", "original"])
+def test_sweep_at_t_zero_is_the_uncalibrated_evaluation(protocol: str) -> None:
     torch.manual_seed(0)
     images = torch.randn(2, 5, 6, 6)
     labels = torch.randint(0, 5, (2, 12, 12))
     labels[:, :2] = 255
     loader = [{"image": images, "label": labels}]
-    target = SweepTarget(LogitsAsImages(), loader, 3, 5, "full", 12, torch.device("cpu"))
+    target = SweepTarget(LogitsAsImages(), loader, 3, 5, protocol, 12, torch.device("cpu"))
     from cagnet.baselines.calibration import sweep_confusions
 
-    confusions = sweep_confusions(target, [0.0, 0.2])
-    for index, temperature in enumerate((0.0, 0.2)):
-        expected = evaluate(CalibratedSegmenter(LogitsAsImages(), 3, temperature), loader, 5,
-                            "full", 12, torch.device("cpu"), reduce=None)
-        assert torch.equal(confusions[index], expected)
+    confusions = sweep_confusions(target, [0.0, 0.3])
+    expected = evaluate(LogitsAsImages(), loader, 5, protocol, 12, torch.device("cpu"),
+                        reduce=None)
+    assert torch.equal(confusions[0], expected)
+    # T = 0.3 moves predictions from seen to unseen classes only.
+    moved = confusions[1].sum(0) - confusions[0].sum(0)
+    assert (moved[:3] <= 0).all() and (moved[3:] >= 0).all() and moved.abs().sum() > 0
 
 
 def test_ties_pick_the_smallest_t_and_nan_loses() -> None:

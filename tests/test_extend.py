@@ -129,3 +129,26 @@ def test_predict_extends_in_memory_and_from_an_embedding_file(extension_run, tmp
     np.save(wrong, np.ones((1, 6), dtype=np.float32))
     assert main(["extend", "--checkpoint", str(checkpoint), "--add-classes", "zebra",
                  "--embeddings", str(wrong), "--out", str(tmp_path / "x.pt")]) == 2
+
+
+def test_class_order_permutes_classes_without_changing_predictions(extension_run,
+                                                                   tmp_path: Path):
+    _, root, checkpoint, words = extension_run
+    order = tmp_path / "order.yaml"
+    order.write_text("seen: [red circle, blue circle]\nunseen: [blue square, red square]\n")
+    common = ["extend", "--checkpoint", str(checkpoint), "--add-classes", "blue square",
+              "--word-vectors", str(words), "--iterations", "4", "--device", "cpu"]
+    assert main(common + ["--out", str(tmp_path / "appended.pt")]) == 0
+    assert main(common + ["--out", str(tmp_path / "ordered.pt"), "--class-order",
+                          str(order)]) == 0
+    appended = load_inference_model(tmp_path / "appended.pt", torch.device("cpu"))
+    ordered = load_inference_model(tmp_path / "ordered.pt", torch.device("cpu"))
+    assert appended.class_names[2:] == ["red square", "blue square"]
+    assert ordered.class_names[2:] == ["blue square", "red square"]
+    assert ordered.tags == ["seen", "seen", "added", "unseen"]
+    images = torch.randn(1, 3, 33, 33)
+    with torch.no_grad():
+        expected = appended.model.segment(images)[:, [0, 1, 3, 2]]
+        assert torch.allclose(ordered.model.segment(images), expected, atol=1e-5)
+    order.write_text("seen: [red circle]\nunseen: [blue circle, blue square, red square]\n")
+    assert main(common + ["--out", str(tmp_path / "bad.pt"), "--class-order", str(order)]) == 2

@@ -68,6 +68,11 @@ def _pseudo_labelled(tiny_voc: Path, tmp_path: Path) -> tuple[list[str], Path, P
     summary = write_pseudo_labels(model, config, benchmark, _everything_unseen,
                                   tmp_path / "pseudo", torch.device("cpu"))
     assert summary["total_pseudo_labelled_pixels"] > 0
+    # Every ignored pixel became 'blue square': its own objects, background and void - never
+    # another object (seen pixels keep their labels).
+    where = summary["diagnostics"]["blue square"]
+    assert where["on_its_own_objects"] > 0 and where["on_background_or_void"] > 0
+    assert where["on_other_objects"] == 0 and where["object_precision"] == 1.0
     return overrides, tmp_path / "pseudo", step1.checkpoint
 
 

@@ -11,8 +11,8 @@ model on the remaining seen classes only (`validation_split`: the validation cla
 unseen ones, the real unseen classes are ignored), sweep T on the test images of that model
 and keep the T with the best validation hIoU (ties: the smallest T); then apply that T to the
 model trained on every seen class. `sweep_confusions` evaluates every T with one forward pass
-per batch, through the evaluator's own `predictions_for_labels` (same protocols, same
-resolution as `cagnet eval`).
+per batch, pairing predictions and labels exactly as the evaluator does (same protocols, same
+resolution as `cagnet eval`; T = 0 gives exactly the uncalibrated scores).
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 import torch
+import torch.nn.functional as F
 import yaml
 from torch import nn
 
@@ -41,22 +42,33 @@ def calibrated_scores(logits: torch.Tensor, num_seen: int, temperature: float) -
     return probabilities - offset.view(1, -1, *([1] * (logits.dim() - 2)))
 
 
-class CalibratedSegmenter(nn.Module):
-    """Wraps a model so that `segment()` returns calibrated scores (B, K, h, w); the evaluator's
-    argmax then gives the calibrated prediction. Bilinear upsampling commutes with subtracting
-    a constant, so the `full` protocol upsamples exactly what the sweep scores."""
+def calibrated_predictions(logits: torch.Tensor, labels: Sequence[torch.Tensor], protocol: str,
+                           warp_size: int, num_seen: int, values: Sequence[float]
+                           ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Calibrated predictions at every T, paired with each image's label as the evaluator pairs
+    them (`predictions_for_labels`).
 
-    def __init__(self, model: nn.Module, num_seen: int, temperature: float) -> None:
-        super().__init__()
-        self.model = model
-        self.num_seen = num_seen
-        self.temperature = float(temperature)
+    Calibration is applied where the evaluator takes its argmax: with `full`, after the logits
+    are bilinearly upsampled to the label's resolution (softmax of the upsampled logits, minus
+    T, argmax), so T = 0 reproduces the uncalibrated evaluation exactly; with `original`, on
+    the feature grid.
 
-    def segment(self, images: torch.Tensor) -> torch.Tensor:
-        return calibrated_scores(self.model.segment(images), self.num_seen, self.temperature)
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.segment(images)
+    Args:
+        logits: (B, K, h, w) real-class logits; labels: B tensors (H_i, W_i).
+    Returns:
+        B pairs ((V, H', W') predictions, one per T in `values`; (H', W') label).
+    """
+    pairs = predictions_for_labels(logits, labels, protocol, warp_size)
+    results = []
+    for index, (_, label) in enumerate(pairs):
+        scores = logits[index:index + 1].float()
+        if protocol == "full":
+            scores = F.interpolate(scores, size=label.shape[-2:], mode="bilinear",
+                                   align_corners=False)
+        predictions = torch.stack([calibrated_scores(scores, num_seen, temperature)[0].argmax(0)
+                                   for temperature in values])
+        results.append((predictions, label))
+    return results
 
 
 def parse_values(text: str) -> list[float]:
@@ -105,10 +117,10 @@ def sweep_confusions(target: SweepTarget, values: Sequence[float]) -> torch.Tens
         logits = target.model.segment(batch["image"].to(target.device)).float()
         labels = batch["label"]
         labels = list(labels) if isinstance(labels, torch.Tensor) else labels
-        for index, temperature in enumerate(values):
-            scores = calibrated_scores(logits, target.num_seen, temperature)
-            for prediction, label in predictions_for_labels(scores, labels, target.protocol,
-                                                            target.warp_size):
+        for predictions, label in calibrated_predictions(logits, labels, target.protocol,
+                                                         target.warp_size, target.num_seen,
+                                                         values):
+            for index, prediction in enumerate(predictions):
                 confusions[index] += confusion_matrix(prediction, label,
                                                       target.num_classes).cpu()
         images_seen += len(labels)

@@ -178,7 +178,7 @@ def cagnet_self_training(pipeline: ComparePipeline, entries: dict) -> None:
         final, f"CaGNet + ST: {updates['unseen_training_pixels']}; then step 1 "
         f"({step1_config.train.iterations} iterations) and the mixed finetune "
         f"({finetune_config.train.iterations} iterations) from the CaGNet model",
-        pseudo_label_precision=pseudo.details.get("diagnostic_precision"),
+        pseudo_label_diagnostics=pseudo.details.get("diagnostics"),
         pseudo_labels=str(pseudo.run_dir))
 
 
@@ -224,5 +224,5 @@ def zs3net_self_training(pipeline: ComparePipeline, entries: dict) -> None:
         f"({step1_config.train.iterations} iterations) from the ZS3Net model, then ZS3Net's "
         "stage on the new features (the pseudo-labelled pixels count as real unseen pixels): "
         + _zs3net_description(config, "that step 1"),
-        pseudo_label_precision=pseudo.details.get("diagnostic_precision"),
+        pseudo_label_diagnostics=pseudo.details.get("diagnostics"),
         pseudo_labels=str(pseudo.run_dir))

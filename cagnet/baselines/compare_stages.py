@@ -5,7 +5,8 @@ and a fingerprint - path, size, modification time - of every file it starts from
 checkpoint it produced, its scores and its duration. Running the comparison again with the
 same output folder reuses every stage whose signature is unchanged and whose checkpoint is
 still there; a changed recipe or a retrained upstream checkpoint re-runs that stage and all
-stages after it (their fingerprints change). `--fresh` ignores every cached stage.
+stages after it (their fingerprints change). The cache does not see changes to the code
+itself: after updating cagnet, run with `--fresh`, which ignores every cached stage.
 """
 
 from __future__ import annotations

@@ -113,14 +113,15 @@ def write_pseudo_labels(model: nn.Module, config: Config, benchmark: Benchmark, 
                         diagnostics: bool = True) -> dict:
     """Pseudo-label every training image into `out_dir/<id>.png`; returns (and writes as
     `summary.json`) the pixel counts per class. With `diagnostics`, the true labels are read
-    AFTERWARDS to report each class's pseudo-label precision (never used for training)."""
+    AFTER each map is written, to report where each class's pseudo-labels fell (its own
+    objects, other objects, background / void); they are never used for training."""
     split = benchmark.split
     to_dataset_ids = np.full(256, IGNORE_INDEX, dtype=np.uint8)
     to_dataset_ids[:len(split.model_ids)] = split.model_ids
     test_lookup = split.test_lookup()
     num_classes = len(split.model_ids)
-    counts = np.zeros(num_classes, dtype=np.int64)
-    correct = np.zeros(num_classes, dtype=np.int64)
+    # rows: pseudo-labelled class; columns: true class 0..K-1, then background / void
+    where = np.zeros((num_classes, num_classes + 1), dtype=np.int64)
     loader = _training_images(config, benchmark)
     position = 0  # the loader is not shuffled: dataset index of the next sample
     model.eval()
@@ -130,25 +131,36 @@ def write_pseudo_labels(model: nn.Module, config: Config, benchmark: Benchmark, 
             upsampled = F.interpolate(logits[index:index + 1], size=train_label.shape[-2:],
                                       mode="bilinear", align_corners=False)
             labels = rule(upsampled, train_label[None].to(device), split.num_seen)[0].cpu()
-            pseudo = (train_label == IGNORE_INDEX) & (labels != IGNORE_INDEX)
-            counts += np.bincount(labels[pseudo].numpy(), minlength=num_classes)
+            pseudo = ((train_label == IGNORE_INDEX) & (labels != IGNORE_INDEX)).numpy()
             atomic_write_bytes(Path(out_dir) / f"{image_id}.png",
                                encode_index_png(to_dataset_ids[labels.numpy()]))
+            truth = np.full(pseudo.shape, num_classes, dtype=np.int64)
             if diagnostics:
                 truth = test_lookup[benchmarks.read_dataset_label(loader.dataset, position)]
-                hits = pseudo.numpy() & (truth == labels.numpy())
-                correct += np.bincount(labels.numpy()[hits], minlength=num_classes)
+                truth = np.where(truth == IGNORE_INDEX, num_classes, truth).astype(np.int64)
+            np.add.at(where, (labels.numpy()[pseudo], truth[pseudo]), 1)
             position += 1
-    names = split.model_class_names
-    summary = {
-        "pseudo_labelled_pixels": {names[k]: int(counts[k]) for k in range(split.num_seen,
-                                                                           num_classes)},
-        "total_pseudo_labelled_pixels": int(counts.sum()),
-        "diagnostic_precision": {names[k]: (float(correct[k] / counts[k]) if counts[k] else None)
-                                 for k in range(split.num_seen, num_classes)} if diagnostics
-        else None,
-        "note": "diagnostic_precision compares the pseudo-labels with the hidden true labels "
-                "after they were written; it is never used for training",
-    }
+    summary = _pseudo_label_summary(where, split.model_class_names, split.num_seen, diagnostics)
     atomic_write_json(Path(out_dir) / "summary.json", summary)
+    return summary
+
+
+def _pseudo_label_summary(where: np.ndarray, names: list[str], num_seen: int,
+                          diagnostics: bool) -> dict:
+    """Counts per pseudo-labelled class; with diagnostics, where they fell and the precision
+    on object pixels (background / void excluded)."""
+    unseen = range(num_seen, len(names))
+    summary: dict = {
+        "pseudo_labelled_pixels": {names[k]: int(where[k].sum()) for k in unseen},
+        "total_pseudo_labelled_pixels": int(where.sum()),
+    }
+    if diagnostics:
+        summary["diagnostics"] = {names[k]: {
+            "on_its_own_objects": int(where[k, k]),
+            "on_other_objects": int(where[k, :-1].sum() - where[k, k]),
+            "on_background_or_void": int(where[k, -1]),
+            "object_precision": (float(where[k, k] / where[k, :-1].sum())
+                                 if where[k, :-1].sum() else None)} for k in unseen}
+        summary["note"] = ("diagnostics compare the pseudo-labels with the hidden true labels "
+                           "after they were written; they are never used for training")
     return summary

@@ -12,7 +12,8 @@ it) with the GMMN stored in `extra["zs3net_generator"]`.
    against as many generated ones, multi-kernel MMD (sigma 2 ... 80), Adam.
 2. Classifier: each batch = the real labelled pixels (seen classes, plus pseudo-labelled unseen
    ones when self-training) + generated pixels of every unseen class, cross-entropy with the
-   unseen classes weighted `unseen_weight` (100); Adam with `optim.discriminator_*`.
+   generated unseen pixels weighted `unseen_weight` (100; real pixels, pseudo-labelled ones
+   included, weigh 1); Adam with `optim.discriminator_*`.
 """
 
 from __future__ import annotations
@@ -64,10 +65,16 @@ def generated_count(labels: torch.Tensor, num_seen: int, fixed: int) -> int:
 
 
 def classifier_batch_loss(model: CaGNet, gmmn: GMMNGenerator, features: torch.Tensor,
-                          labels: torch.Tensor, count: int, class_weights: torch.Tensor,
+                          labels: torch.Tensor, count: int, unseen_weight: float,
                           noise: torch.Generator) -> torch.Tensor:
     """Weighted cross-entropy of the classifier over the real labelled pixels of
-    features (B, F, h, w) / labels (B, h, w) and `count` generated pixels of each unseen class."""
+    features (B, F, h, w) / labels (B, h, w) (weight 1) and `count` generated pixels of each
+    unseen class (weight `unseen_weight`): sum of w_i * CE_i / sum of w_i.
+
+    Without self-training the generated pixels are the only unseen ones, so this is ZS3Net's
+    class-weighted cross-entropy. Pseudo-labelled unseen pixels are real, annotated pixels
+    and weigh 1 like every real pixel: weighting them 100 too would let millions of noisy
+    pseudo-labels outweigh every seen class."""
     valid = labels != IGNORE_INDEX
     real_rows = features.permute(0, 2, 3, 1)[valid]
     unseen = torch.arange(model.num_seen, model.num_classes, device=features.device)
@@ -76,7 +83,11 @@ def classifier_batch_loss(model: CaGNet, gmmn: GMMNGenerator, features: torch.Te
         fake_rows = gmmn.generate(model.class_embeddings[fake_labels], noise)
     logits = model.discriminator(torch.cat([real_rows, fake_rows.float()])).class_logits
     targets = torch.cat([labels[valid], fake_labels])
-    return losses.classification_loss(logits, targets, class_weights=class_weights)
+    weights = torch.cat([torch.ones(real_rows.shape[0], device=features.device),
+                         torch.full((fake_rows.shape[0],), float(unseen_weight),
+                                    device=features.device)])
+    terms = torch.nn.functional.cross_entropy(logits.float(), targets, reduction="none")
+    return (weights * terms).sum() / weights.sum().clamp(min=1e-12)
 
 
 def train_zs3net(config: Config, run_dir: str | Path, init_checkpoint: str | Path, *,
@@ -159,9 +170,6 @@ def _train_classifier(model: CaGNet, gmmn: GMMNGenerator, dataset, config: Confi
     optimizer = torch.optim.Adam(discriminator.parameters(), lr=optim.discriminator_lr,
                                  betas=tuple(optim.adam_betas),
                                  weight_decay=optim.discriminator_weight_decay)
-    num_logits = discriminator.classifier.out_channels
-    class_weights = torch.ones(num_logits, device=device)
-    class_weights[model.num_seen:model.num_classes] = zs3net.unseen_weight
     decay = optim.discriminator_decay
 
     def step(iteration: int, batch: dict) -> dict[str, float]:
@@ -174,8 +182,8 @@ def _train_classifier(model: CaGNet, gmmn: GMMNGenerator, dataset, config: Confi
         count = generated_count(labels, model.num_seen, zs3net.generated_pixels_per_class)
         gmmn.train()  # ZS3Net never switches its generator to eval: dropout stays on
         discriminator.train()
-        loss = classifier_batch_loss(model, gmmn, features, labels, count, class_weights,
-                                     noise)
+        loss = classifier_batch_loss(model, gmmn, features, labels, count,
+                                     zs3net.unseen_weight, noise)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -31,6 +31,26 @@ def add_extension_arguments(parser: argparse.ArgumentParser, required: bool) -> 
     parser.add_argument("--seed", type=int, default=0)
 
 
+def add_device_arguments(parser: argparse.ArgumentParser) -> None:
+    """--device and --threads (shared with `cagnet predict`)."""
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    parser.add_argument("--threads", type=int, default=0, help="CPU threads of PyTorch (0 = its "
+                        "default; 1 is fastest for the small shapes model on a busy CPU)")
+
+
+def resolve_runtime(arguments: argparse.Namespace):
+    """The device of --device, after applying --threads."""
+    import torch
+
+    from cagnet.builders import resolve_device
+
+    if arguments.threads < 0:
+        raise CagnetError(f"--threads: expected >= 0, got {arguments.threads}")
+    if arguments.threads:
+        torch.set_num_threads(arguments.threads)
+    return resolve_device(arguments.device)
+
+
 def add_parser(commands) -> None:
     parser = commands.add_parser("extend", help="add classes to a trained model from their "
                                  "names (word vectors), without any image of them")
@@ -38,7 +58,10 @@ def add_parser(commands) -> None:
     add_extension_arguments(parser, required=True)
     parser.add_argument("--out", required=True, help="the extended checkpoint to write (.pt); "
                         "a <stem>.split.yaml with its class order is written beside it")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    parser.add_argument("--class-order", metavar="SPLIT.yaml", help="put the classes in this "
+                        "split file's order (seen, then unseen), e.g. the dataset split that "
+                        "lists the new classes, so `cagnet eval` can use it as is")
+    add_device_arguments(parser)
     parser.set_defaults(handler=run)
 
 
@@ -62,12 +85,12 @@ def extension_inputs(arguments: argparse.Namespace):
 
 
 def run(arguments: argparse.Namespace) -> int:
-    from cagnet.builders import resolve_device
-    from cagnet.extend import extend_checkpoint
+    from cagnet.extend_checkpoint import extend_checkpoint
 
     sources, embeddings, settings = extension_inputs(arguments)
     summary = extend_checkpoint(arguments.checkpoint, arguments.out, arguments.add_classes,
-                                sources, embeddings, settings, resolve_device(arguments.device))
+                                sources, embeddings, settings, resolve_runtime(arguments),
+                                arguments.class_order)
     print(f"{arguments.out}: {summary['classes_before']} -> {summary['classes_after']} classes "
           f"(added {', '.join(summary['added_now'])}); classifier loss "
           f"{summary['loss_first'] or float('nan'):.4f} -> {summary['loss_last']:.4f}")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from cagnet.commands.extend import add_extension_arguments
+from cagnet.commands.extend import add_device_arguments, add_extension_arguments
 from cagnet.errors import CagnetError
 
 
@@ -14,7 +14,7 @@ def add_parser(commands) -> None:
     parser.add_argument("--checkpoint", required=True)
     parser.add_argument("--input", required=True, help="an image or a folder of images")
     parser.add_argument("--out", required=True, help="output folder")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    add_device_arguments(parser)
     parser.add_argument("--save-logits", action="store_true", help="also write "
                         "<name>_logits.npy: float32 (K, h, w) logits on the feature grid")
     parser.add_argument("--panel", action="store_true", help="also write <name>_panel.png: "
@@ -25,8 +25,7 @@ def add_parser(commands) -> None:
 
 
 def run(arguments: argparse.Namespace) -> int:
-    from cagnet.builders import resolve_device
-    from cagnet.commands.extend import extension_inputs
+    from cagnet.commands.extend import extension_inputs, resolve_runtime
     from cagnet.extend import extend_inference_model, parse_class_list
     from cagnet.inference import load_inference_model
     from cagnet.predict import predict_paths
@@ -36,7 +35,7 @@ def run(arguments: argparse.Namespace) -> int:
                           "names with --add-classes")
     if not 0.0 <= arguments.alpha <= 1.0:
         raise CagnetError(f"--alpha: expected a weight in [0, 1], got {arguments.alpha}")
-    inference = load_inference_model(arguments.checkpoint, resolve_device(arguments.device))
+    inference = load_inference_model(arguments.checkpoint, resolve_runtime(arguments))
     if arguments.add_classes:
         sources, embeddings, settings = extension_inputs(arguments)
         names = parse_class_list(arguments.add_classes, inference.class_names)
