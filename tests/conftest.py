@@ -77,3 +77,24 @@ def tiny_config_overrides(root: Path) -> list[str]:
         "train.checkpoint_interval=2", "train.device=cpu", "train.threads=1",
         "eval.warp_size=41", "loss.mmd_sigmas=[1,2]",
     ]
+
+
+def tiny_training_setup(root: Path, extra: tuple[str, ...] = (), train_backbone: bool = True):
+    """A tiny CaGNet in train mode with its optimisers (rates of iteration 0) and one batch of
+    two training samples: (config, model, optimizers, batch)."""
+    import torch
+
+    from cagnet.builders import build_benchmark, build_datasets, build_model
+    from cagnet.config import load_config
+    from cagnet.datasets.segmentation import collate_samples
+    from cagnet.engine.optim import build_optimizers, set_learning_rates
+
+    config = load_config(None, tiny_config_overrides(root) + list(extra))
+    benchmark = build_benchmark(config)
+    torch.manual_seed(0)
+    model = build_model(config.model, benchmark.class_embeddings, benchmark.split.num_seen)
+    optimizers = build_optimizers(model, config.optim, train_backbone)
+    set_learning_rates(optimizers, 0, config.train.iterations, config.optim)
+    dataset = build_datasets(config.data, benchmark.split, seed=0, train=True)
+    batch = collate_samples([dataset[(0, 0)], dataset[(1, 1)]])
+    return config, model.train(), optimizers, batch

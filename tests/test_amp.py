@@ -11,9 +11,7 @@ import pytest
 import torch
 
 from cagnet import losses
-from cagnet.builders import build_benchmark, build_datasets, build_model
 from cagnet.config import load_config
-from cagnet.datasets.segmentation import collate_samples
 from cagnet.engine.checkpoint import load_checkpoint
 from cagnet.engine.optim import build_optimizers, set_learning_rates
 from cagnet.engine.steps import classifier_step, feature_generation_step
@@ -21,22 +19,14 @@ from cagnet.engine.trainer import train
 from cagnet.errors import ConfigError
 from cagnet.utils.runtime import autocast_factory, build_grad_scaler
 
-from conftest import tiny_config_overrides
+from conftest import tiny_config_overrides, tiny_training_setup
 
 CPU = torch.device("cpu")
 NO_DROPOUT = ("model.generator_dropout=[0,0]", "model.discriminator_dropout=0")
 
 
 def _setup(root: Path, extra: tuple[str, ...] = (), train_backbone: bool = True):
-    config = load_config(None, tiny_config_overrides(root) + list(NO_DROPOUT) + list(extra))
-    benchmark = build_benchmark(config)
-    torch.manual_seed(0)
-    model = build_model(config.model, benchmark.class_embeddings, benchmark.split.num_seen)
-    optimizers = build_optimizers(model, config.optim, train_backbone)
-    set_learning_rates(optimizers, 0, config.train.iterations, config.optim)
-    dataset = build_datasets(config.data, benchmark.split, seed=0, train=True)
-    batch = collate_samples([dataset[(0, 0)], dataset[(1, 1)]])
-    return config, model.train(), optimizers, batch
+    return tiny_training_setup(root, NO_DROPOUT + tuple(extra), train_backbone)
 
 
 def _fp16_scaler(**options) -> torch.amp.GradScaler:

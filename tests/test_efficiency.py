@@ -13,16 +13,13 @@ import pytest
 import torch
 
 from cagnet import losses
-from cagnet.builders import build_benchmark, build_datasets, build_model
-from cagnet.config import load_config
-from cagnet.datasets.segmentation import collate_samples
 from cagnet.engine.evaluator import evaluate
 from cagnet.engine.execution import build_execution
 from cagnet.engine.optim import build_optimizers, set_learning_rates
 from cagnet.engine.steps import classifier_step, feature_generation_step
 from cagnet.utils.runtime import autocast_factory, prepare_model
 
-from conftest import REPOSITORY, tiny_config_overrides
+from conftest import REPOSITORY, tiny_training_setup
 from deterministic_cli import no_latent_noise
 
 CPU = torch.device("cpu")
@@ -30,15 +27,7 @@ NULL_AUTOCAST = autocast_factory(CPU, "none")
 
 
 def _setup(root: Path, train_backbone: bool = True, extra: tuple[str, ...] = ()):
-    config = load_config(None, tiny_config_overrides(root) + list(extra))
-    benchmark = build_benchmark(config)
-    torch.manual_seed(0)
-    model = build_model(config.model, benchmark.class_embeddings, benchmark.split.num_seen)
-    optimizers = build_optimizers(model, config.optim, train_backbone)
-    set_learning_rates(optimizers, 0, config.train.iterations, config.optim)
-    dataset = build_datasets(config.data, benchmark.split, seed=0, train=True)
-    batch = collate_samples([dataset[(0, 0)], dataset[(1, 1)]])
-    return config, model.train(), optimizers, batch
+    return tiny_training_setup(root, extra, train_backbone)
 
 
 class BackboneCounter:

@@ -6,35 +6,24 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytest
 import torch
 
 from cagnet import losses
-from cagnet.builders import build_benchmark, build_datasets, build_model
+from cagnet.builders import build_benchmark, build_datasets
 from cagnet.cli import main
-from cagnet.config import load_config
 from cagnet.datasets.segmentation import collate_samples
 from cagnet.engine import steps
 from cagnet.engine.checkpoint import load_checkpoint, save_checkpoint
-from cagnet.engine.optim import build_optimizers, set_learning_rates
 from cagnet.engine.steps import classifier_step, feature_generation_step
 from cagnet.utils.runtime import autocast_factory
 
-from conftest import tiny_config_overrides
+from conftest import tiny_config_overrides, tiny_training_setup
 
 NULL_AUTOCAST = autocast_factory(torch.device("cpu"), "none")
 
 
 def _setup(root: Path, extra: tuple[str, ...] = (), train_backbone: bool = True):
-    config = load_config(None, tiny_config_overrides(root) + list(extra))
-    benchmark = build_benchmark(config)
-    torch.manual_seed(0)
-    model = build_model(config.model, benchmark.class_embeddings, benchmark.split.num_seen)
-    optimizers = build_optimizers(model, config.optim, train_backbone)
-    set_learning_rates(optimizers, 0, config.train.iterations, config.optim)
-    dataset = build_datasets(config.data, benchmark.split, seed=0, train=True)
-    batch = collate_samples([dataset[(0, 0)], dataset[(1, 1)]])
-    return config, model, optimizers, batch
+    return tiny_training_setup(root, extra, train_backbone)
 
 
 def test_every_trainable_parameter_gets_a_gradient_in_step1(tiny_voc: Path):

@@ -22,19 +22,11 @@ from typing import Iterator
 
 import torch
 
-from cagnet.builders import build_benchmark, build_model, resolve_device
-from cagnet.config import Config, save_config
+from cagnet.config import Config
 from cagnet.engine import trainer
-from cagnet.engine.execution import build_execution
-from cagnet.engine.optim import build_optimizers
-from cagnet.engine.protocol import write_protocol_card
-from cagnet.engine.run_dir import prepare_run_dir
 from cagnet.engine.schedules import is_step2_iteration
 from cagnet.errors import ConfigError
 from cagnet.models import CaGNet
-from cagnet.utils import distributed
-from cagnet.utils.runtime import seed_everything, set_deterministic
-
 
 @contextlib.contextmanager
 def zero_unseen_conditions(model: CaGNet) -> Iterator[None]:
@@ -70,29 +62,7 @@ def train_self_training(config: Config, run_dir: str | Path, init_checkpoint: st
     if not config.data.pseudo_label_dir:
         raise ConfigError("data.pseudo_label_dir: a self-training run needs the pseudo-label "
                           "folder (written by cagnet.baselines.pseudo_labels)")
-    if not config.self_training.zero_embedding_for_pseudo_labels:
-        return trainer.train(config, run_dir, init_checkpoint=init_checkpoint,
-                             overwrite=overwrite, show_progress=show_progress)
-    # The fresh-start path of `trainer.train`, with the run class that zeroes the conditions.
-    run_dir = Path(run_dir)
-    execution = build_execution(config.train, resolve_device(config.train.device))
-    if execution.is_main_process:
-        prepare_run_dir(run_dir, False, overwrite)
-    distributed.barrier()
-    if config.train.threads:
-        torch.set_num_threads(config.train.threads)
-    seed_everything(config.train.seed)
-    set_deterministic(config.train.deterministic)
-    benchmark = build_benchmark(config)
-    model = build_model(config.model, benchmark.class_embeddings, benchmark.split.num_seen)
-    trainer._initialise_weights(model, config, benchmark, init_checkpoint)
-    if execution.is_main_process:
-        save_config(config, run_dir / "config.yaml")
-        write_protocol_card(run_dir, config, benchmark)
-    execution.prepare(model)
-    optimizers = build_optimizers(model, config.optim, config.train.stage == "step1")
-    run = ZeroPseudoEmbeddingRun(config, run_dir, benchmark, model, optimizers,
-                                 execution.device, show_progress and execution.is_main_process,
-                                 execution)
-    run.checkpoint("last.pt")
-    return run.run()
+    run_class = (ZeroPseudoEmbeddingRun if config.self_training.zero_embedding_for_pseudo_labels
+                 else trainer.TrainingRun)
+    return trainer.train(config, run_dir, init_checkpoint=init_checkpoint, overwrite=overwrite,
+                         show_progress=show_progress, run_class=run_class)

@@ -65,7 +65,7 @@ def step1_iterations_before(iteration: int, stage: str, period: int) -> int:
 
 def train(config: Config, run_dir: str | Path, *, resume: bool = False,
           init_checkpoint: str | Path | None = None, overwrite: bool = False,
-          show_progress: bool = True) -> TrainResult:
+          show_progress: bool = True, run_class: type | None = None) -> TrainResult:
     """Run `config.train.stage` into `run_dir` and evaluate the final model.
 
     Args:
@@ -75,6 +75,8 @@ def train(config: Config, run_dir: str | Path, *, resume: bool = False,
         init_checkpoint: a cagnet checkpoint whose model weights start this run (the step-1
             model for `finetune`).
         overwrite: allow starting over in a folder that already holds checkpoints.
+        run_class: a `TrainingRun` subclass that changes one step (self-training's
+            zero-embedding switch); `TrainingRun` by default.
 
     Raises:
         RunStopped: SIGTERM / SIGINT stopped the run after writing a checkpoint.
@@ -106,8 +108,8 @@ def train(config: Config, run_dir: str | Path, *, resume: bool = False,
     optimizers = build_optimizers(model, config.optim, config.train.stage == "step1")
     check_free_space(run_dir, estimate_checkpoint_bytes(model, optimizers),
                      keeps_best=bool(config.train.eval_interval))
-    run = TrainingRun(config, run_dir, benchmark, model, optimizers, device,
-                      show_progress and execution.is_main_process, execution)
+    run = (run_class or TrainingRun)(config, run_dir, benchmark, model, optimizers, device,
+                                     show_progress and execution.is_main_process, execution)
     if resumed is not None:
         run.restore(*resumed)
         if execution.is_main_process:
