@@ -198,10 +198,10 @@ def pretrain_from_config(config: Config, out_path: str | Path, show_progress: bo
 
         matrix, _ = load_class_embeddings(resolve_path(config.embeddings.path, config.data.root))
         embed_dim = matrix.shape[1]
+    torch.manual_seed(config.train.seed)  # before the build: the initial weights are drawn here
     backbone = DeepLabV2(blocks_per_stage=tuple(config.model.blocks_per_stage),
                          base_width=config.model.base_width, embed_dim=embed_dim,
                          aspp_dilations=tuple(config.model.aspp_dilations))
-    torch.manual_seed(config.train.seed)
     pretrain = config.pretrain
     return pretrain_backbone(
         backbone, resolve_path(pretrain.corpus, config.data.root), out_path,

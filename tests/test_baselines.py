@@ -3,6 +3,7 @@ ZS3Net's classifier batch, and both trainers end to end on the tiny benchmark.""
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 
@@ -12,6 +13,7 @@ from cagnet.baselines.spnet import SPNet, projection_logits, spnet_loss
 from cagnet.baselines.spnet_training import train_spnet
 from cagnet.baselines.zs3net import classifier_batch_loss, generated_count, train_zs3net
 from cagnet.config import load_config
+from cagnet.engine.evaluate_checkpoint import evaluate_checkpoint
 from cagnet.engine.checkpoint import load_checkpoint
 from cagnet.engine.trainer import train
 from conftest import tiny_config_overrides
@@ -88,6 +90,10 @@ def test_spnet_trains_end_to_end_and_reloads(tiny_voc, tmp_path) -> None:
     assert torch.allclose(loaded.model.class_embeddings, expected)
     logits = loaded.model.segment(torch.zeros(2, 3, 41, 41))
     assert logits.shape[:2] == (2, 4)
+    # `cagnet eval` rebuilds an SPNet from the checkpoint and reproduces the training scores.
+    scores, _ = evaluate_checkpoint(result.checkpoint, out_dir=tmp_path / "eval")
+    assert scores["hiou"] == pytest.approx(result.scores["hiou"])
+    assert scores["miou_seen"] == pytest.approx(result.scores["miou_seen"])
 
 
 def test_gmmn_shapes_and_architecture() -> None:

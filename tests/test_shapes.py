@@ -168,3 +168,24 @@ def test_rejects_bad_arguments(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="image_size_range"):
         generate_shapes_benchmark(tmp_path, image_size_range=(128, 96))
     assert not is_shapes_benchmark(tmp_path)
+
+
+def test_pretraining_is_reproducible(benchmark: tuple[Path, dict], tmp_path: Path) -> None:
+    """Same seed, same corpus -> the same init weights (the initial weights are seeded too)."""
+    import torch
+
+    from cagnet.builders import PROJECT_ROOT, pretrain_from_config
+    from cagnet.config import load_config
+
+    root, _ = benchmark
+    config = load_config(PROJECT_ROOT / "experiments" / "shapes.yaml", [
+        f"data.root={root}", f"pretrain.corpus={root / 'pretrain'}", "pretrain.iterations=2",
+        "pretrain.batch_size=4", "pretrain.image_size=32", "pretrain.include_aspp=false",
+        "model.base_width=4"])
+    states = []
+    for run in range(2):
+        pretrain_from_config(config, tmp_path / f"init{run}.pt", show_progress=False)
+        states.append(torch.load(tmp_path / f"init{run}.pt", weights_only=False)["backbone"])
+    assert states[0].keys() == states[1].keys()
+    for key, value in states[0].items():
+        torch.testing.assert_close(value, states[1][key], rtol=0, atol=0, msg=key)
