@@ -29,8 +29,7 @@ from cagnet.engine.schedules import poly_lr
 from cagnet.engine.trainer import TrainResult
 from cagnet.engine.validation import evaluate_and_report
 from cagnet.errors import ConfigError, TrainingError
-from cagnet.utils.runtime import (autocast_factory, build_grad_scaler, seed_everything,
-                                  set_deterministic)
+from cagnet.utils.runtime import apply_run_settings, autocast_factory, build_grad_scaler
 
 LOGGER = logging.getLogger("cagnet")
 
@@ -45,10 +44,7 @@ def train_spnet(config: Config, run_dir: str | Path, *, resume: bool = False,
     run_dir = Path(run_dir)
     device = resolve_device(config.train.device)
     prepare_run_dir(run_dir, resume, overwrite)
-    if config.train.threads:
-        torch.set_num_threads(config.train.threads)
-    seed_everything(config.train.seed)
-    set_deterministic(config.train.deterministic)
+    apply_run_settings(config.train.threads, config.train.seed, config.train.deterministic)
     benchmark = build_benchmark(config)
     model = build_spnet(config.model, benchmark.class_embeddings, benchmark.split.num_seen)
     model.to(device)

@@ -36,7 +36,7 @@ from cagnet.engine.trainer import TrainResult
 from cagnet.engine.validation import evaluate_and_report
 from cagnet.errors import CheckpointError, ConfigError
 from cagnet.models import CaGNet
-from cagnet.utils.runtime import RunLog, seed_everything, set_deterministic
+from cagnet.utils.runtime import RunLog, apply_run_settings
 
 LOGGER = logging.getLogger("cagnet")
 IGNORE_INDEX = 255
@@ -100,10 +100,7 @@ def train_zs3net(config: Config, run_dir: str | Path, init_checkpoint: str | Pat
     run_dir = Path(run_dir)
     device = resolve_device(config.train.device)
     prepare_run_dir(run_dir, False, overwrite)
-    if config.train.threads:
-        torch.set_num_threads(config.train.threads)
-    seed_everything(config.train.seed)
-    set_deterministic(config.train.deterministic)
+    apply_run_settings(config.train.threads, config.train.seed, config.train.deterministic)
     benchmark = build_benchmark(config)
     model = build_model(config.model, benchmark.class_embeddings, benchmark.split.num_seen)
     state = load_checkpoint(init_checkpoint)

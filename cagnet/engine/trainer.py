@@ -42,7 +42,7 @@ from cagnet.engine.validation import (build_eval_loader, evaluate_and_report,
 from cagnet.errors import CagnetError, CheckpointError, TrainingError
 from cagnet.report import format_scores_line
 from cagnet.utils import distributed
-from cagnet.utils.runtime import RunLog, seed_everything, set_deterministic
+from cagnet.utils.runtime import RunLog, apply_run_settings
 
 LOGGER = logging.getLogger("cagnet")
 __all__ = ["TrainResult", "prepare_run_dir", "step1_iterations_before", "train"]
@@ -89,10 +89,7 @@ def train(config: Config, run_dir: str | Path, *, resume: bool = False,
     if execution.is_main_process:
         prepare_run_dir(run_dir, resume, overwrite)
     distributed.barrier()
-    if config.train.threads:
-        torch.set_num_threads(config.train.threads)
-    seed_everything(config.train.seed)
-    set_deterministic(config.train.deterministic)
+    apply_run_settings(config.train.threads, config.train.seed, config.train.deterministic)
     benchmark = build_benchmark(config)
     model = build_model(config.model, benchmark.class_embeddings, benchmark.split.num_seen)
     resumed = newest_valid_checkpoint(run_dir) if resume else None

@@ -34,6 +34,15 @@ def set_deterministic(enabled: bool) -> None:
     torch.backends.cudnn.benchmark = not enabled
 
 
+def apply_run_settings(threads: int, seed: int, deterministic: bool) -> None:
+    """What every training run sets first: the CPU thread count (0 keeps torch's default), the
+    seeds, and kernel determinism."""
+    if threads:
+        torch.set_num_threads(threads)
+    seed_everything(seed)
+    set_deterministic(deterministic)
+
+
 def autocast_factory(device: torch.device, amp: str) -> Callable[[], ContextManager]:
     """One autocast path: `none` gives a null context; `bf16` / `fp16` autocast on `device`."""
     if amp == "none":
