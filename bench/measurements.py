@@ -19,7 +19,7 @@ import torch
 
 from cagnet.builders import build_benchmark, build_model, resolve_path
 from cagnet.config import Config
-from cagnet.engine.evaluator import evaluate
+from cagnet.engine.evaluate import evaluate
 from cagnet.engine.optim import build_optimizers, set_learning_rates
 from cagnet.engine.steps import classifier_step, feature_generation_step
 from cagnet.errors import CagnetError

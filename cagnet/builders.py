@@ -64,13 +64,13 @@ def build_model(model: ModelConfig, class_embeddings: np.ndarray, num_seen: int,
     `trunk` replaces the DeepLab-v2 ResNet (`model.blocks_per_stage` / `base_width` are then
     unused): any module mapping (B, 3, H, W) images to (B, C, h, w) features, with C =
     `trunk_channels` (measured by a dummy forward when None); the ASPP maps C -> E
-    (`cagnet.models.pluggable.TrunkWithASPP`)."""
+    (`cagnet.models.trunks.TrunkWithASPP`)."""
     from cagnet.models import CaGNet, ContextualModule, DeepLabV2, Discriminator, Generator
 
     embeddings = torch.as_tensor(class_embeddings, dtype=torch.float32)
     embed_dim = embeddings.shape[1]
     if trunk is not None:
-        from cagnet.models.pluggable import TrunkWithASPP
+        from cagnet.models.trunks import TrunkWithASPP
 
         backbone = TrunkWithASPP(trunk, trunk_channels, embed_dim, tuple(model.aspp_dilations))
     else:

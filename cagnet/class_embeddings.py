@@ -28,7 +28,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from cagnet.errors import EmbeddingError
-from cagnet.safe_pickle import load_numpy_pickle
+from cagnet.utils.safe_pickle import load_numpy_pickle
 from cagnet.utils.io import atomic_write_bytes, atomic_write_json
 
 __all__ = ["LOOKUP_RULE", "NORMALISATION_RULE", "WORD_VECTOR_KINDS", "build_class_embeddings",

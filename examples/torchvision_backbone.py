@@ -38,9 +38,9 @@ from cagnet.engine.schedules import is_step2_iteration, iteration_seed
 from cagnet.engine.steps import classifier_step, feature_generation_step
 from cagnet.engine.validation import evaluate_and_report
 from cagnet.errors import CheckpointError
-from cagnet.inference import InferenceModel
-from cagnet.models.pluggable import torchvision_resnet_trunk
-from cagnet.predict import predict_paths
+from cagnet.inference.model import InferenceModel
+from cagnet.models.trunks import torchvision_resnet_trunk
+from cagnet.inference.predict import predict_paths
 from cagnet.utils.runtime import autocast_factory
 
 
@@ -90,7 +90,7 @@ def train_stage(model, config, benchmark, stage: str, iterations: int, device) -
 
 def load(path: str | Path, device: torch.device) -> InferenceModel:
     """Rebuild the model of a checkpoint written by this script (the same trunk architecture;
-    every weight, the trunk's included, comes from the checkpoint) for `cagnet.predict`."""
+    every weight, the trunk's included, comes from the checkpoint) for `cagnet.inference.predict`."""
     state = load_checkpoint(path)
     config = config_from_dict(state["config"])
     embeddings = state["model"]["class_embeddings"].numpy()

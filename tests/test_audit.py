@@ -14,7 +14,7 @@ from cagnet.builders import build_benchmark
 from cagnet.cli import main
 from cagnet.config import load_config
 from cagnet.datasets.splits import ClassSplit, read_class_names, read_split
-from cagnet.engine.audit import lookup_violations
+from cagnet.tools.audit import lookup_violations
 from cagnet.engine.protocol import _background, protocol_card
 
 from conftest import REPOSITORY, tiny_config_overrides

@@ -17,7 +17,7 @@ from cagnet.builders import build_datasets
 from cagnet.cli import main
 from cagnet.config import load_config
 from cagnet.datasets.label_sources import read_sbd_mat, voc_colour_map
-from cagnet.datasets.prepare import prepare_voc
+from cagnet.tools.prepare import prepare_voc
 from cagnet.datasets.splits import read_class_names, read_split
 from cagnet.errors import DataError
 

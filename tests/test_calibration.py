@@ -18,7 +18,7 @@ from cagnet.baselines.calibration import (SweepTarget, calibrated_scores,
                                           parse_values, pick_temperature, validation_split)
 from cagnet.baselines.calibration_run import calibrate, check_validation_model
 from cagnet.datasets.splits import ClassSplit, read_class_names, read_split
-from cagnet.engine.evaluator import evaluate
+from cagnet.engine.evaluate import evaluate
 from cagnet.errors import CheckpointError, ConfigError, DataError
 from conftest import REPOSITORY, tiny_config_overrides
 

@@ -1,4 +1,4 @@
-"""Tests of `cagnet.class_embeddings` and `cagnet.safe_pickle` on tiny gensim files in tmp_path."""
+"""Tests of `cagnet.class_embeddings` and `cagnet.utils.safe_pickle` on tiny gensim files in tmp_path."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from cagnet.class_embeddings import (LOOKUP_RULE, build_class_embeddings, import
                                      load_class_embeddings, load_word_vectors, phrase_tokens,
                                      resolve_kind, save_class_embeddings, sha256_file)
 from cagnet.errors import EmbeddingError
-from cagnet.safe_pickle import load_numpy_pickle
+from cagnet.utils.safe_pickle import load_numpy_pickle
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 VOC_VECTORS = SHARED_DATA / "benchmarks" / "voc12" / "cagnet" / "word_vectors"

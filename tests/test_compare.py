@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cagnet.baselines.compare_recipe import STAGES, read_compare_recipe
-from cagnet.baselines.compare_report import METHOD_ROWS, pattern_checks
+from cagnet.baselines.compare.recipe import STAGES, read_compare_recipe
+from cagnet.baselines.compare.report import METHOD_ROWS, pattern_checks
 from cagnet.cli import main
 from cagnet.config import load_config
 from cagnet.errors import ConfigError

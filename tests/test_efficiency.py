@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from cagnet import losses
-from cagnet.engine.evaluator import evaluate
+from cagnet.engine.evaluate import evaluate
 from cagnet.engine.execution import build_execution
 from cagnet.engine.optim import build_optimizers, set_learning_rates
 from cagnet.engine.steps import classifier_step, feature_generation_step

@@ -13,9 +13,9 @@ import torch
 
 from cagnet.cli import main
 from cagnet.errors import CagnetError, EmbeddingError
-from cagnet.extend import (ExtensionSettings, add_unseen_classes, finetune_classifier,
+from cagnet.inference.extend import (ExtensionSettings, add_unseen_classes, finetune_classifier,
                            new_class_embeddings, parse_class_list)
-from cagnet.inference import load_inference_model
+from cagnet.inference.model import load_inference_model
 
 from conftest import write_tiny_voc
 from test_predict import train_tiny_checkpoint

@@ -23,7 +23,7 @@ from cagnet.datasets.splits import read_class_names, read_id_list, read_split
 from cagnet.engine.checkpoint import FORMAT, load_checkpoint
 from cagnet.engine.pretrain import read_corpus
 from cagnet.errors import CagnetError
-from cagnet.safe_pickle import load_numpy_pickle
+from cagnet.utils.safe_pickle import load_numpy_pickle
 
 pytestmark = pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 FUZZ = settings(max_examples=60, deadline=None,

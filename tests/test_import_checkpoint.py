@@ -16,10 +16,10 @@ from cagnet.builders import build_benchmark, build_model, load_backbone_init
 from cagnet.cli import main
 from cagnet.config import load_config
 from cagnet.engine.checkpoint import load_checkpoint
-from cagnet.engine.import_original import convert_backbone_init, convert_original
+from cagnet.tools.import_original import convert_backbone_init, convert_original
 from cagnet.errors import CheckpointError
 from cagnet.models import DeepLabV2
-from cagnet.models.original_keys import (original_key, to_original_key, torchvision_trunk_key,
+from cagnet.tools.original_keys import (original_key, to_original_key, torchvision_trunk_key,
                                          trunk_key)
 
 from conftest import REPOSITORY, tiny_config_overrides
@@ -164,7 +164,7 @@ def test_embedding_table_mismatch_warns_and_bad_shape_fails(tiny_voc: Path, tmp_
     original = _original_from(model, HIDDEN, 3)
     original["Em_all.weight"][3] = torch.tensor([1.0, 0.0, 0.0, 0.0])
     torch.save({"iteration": 1, "state_dict": original}, tmp_path / "a.pth")
-    from cagnet.engine.import_original import import_checkpoint
+    from cagnet.tools.import_original import import_checkpoint
 
     with caplog.at_level(logging.WARNING, logger="cagnet"):
         import_checkpoint(tmp_path / "a.pth", tmp_path / "a.pt", config)

@@ -17,7 +17,7 @@ from cagnet.engine.optim import backbone_parameter_groups, build_optimizers, set
 from cagnet.engine.steps import feature_generation_step
 from cagnet.errors import ConfigError
 from cagnet.models import FrozenBatchNorm2d
-from cagnet.models.pluggable import (TorchvisionInput, TrunkWithASPP, freeze_batch_norm,
+from cagnet.models.trunks import (TorchvisionInput, TrunkWithASPP, freeze_batch_norm,
                                      torchvision_resnet_trunk)
 from cagnet.utils.runtime import autocast_factory
 

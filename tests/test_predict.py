@@ -17,7 +17,7 @@ from PIL import Image
 from cagnet.cli import main
 from cagnet.config import load_config
 from cagnet.engine.trainer import train
-from cagnet.predict import output_names, upsampled_argmax
+from cagnet.inference.predict import output_names, upsampled_argmax
 
 from conftest import REPOSITORY, SHARED_DATA, tiny_config_overrides, write_tiny_voc
 

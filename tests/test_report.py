@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from cagnet.metrics import zero_shot_scores
-from cagnet.report import (class_rows, format_scores_line, markdown_report, metrics_document,
+from cagnet.report.tables import (class_rows, format_scores_line, markdown_report, metrics_document,
                            write_report)
 
 CLASS_NAMES = ["cat", "dog", "sheep", "sofa"]

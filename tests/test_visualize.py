@@ -11,10 +11,10 @@ import pytest
 import torch
 from PIL import Image
 
-from cagnet.charts import (confusion_csv, confusion_figure, iou_figure, row_normalise,
+from cagnet.report.charts import (confusion_csv, confusion_figure, iou_figure, row_normalise,
                            write_evaluation_figures)
 from cagnet.errors import CagnetError
-from cagnet.visualize import (class_colours, label_png_bytes, legend_entries, legend_image,
+from cagnet.report.pictures import (class_colours, label_png_bytes, legend_entries, legend_image,
                               overlay, segmentation_panel)
 
 

@@ -28,7 +28,7 @@ import yaml
 from torch import nn
 
 from cagnet.datasets.splits import ClassSplit
-from cagnet.engine.evaluator import predictions_for_labels
+from cagnet.engine.evaluate import predictions_for_labels
 from cagnet.errors import ConfigError, DataError
 from cagnet.metrics import confusion_matrix, zero_shot_scores
 from cagnet.utils.io import atomic_write_text

@@ -20,14 +20,14 @@ import torch
 
 from cagnet.baselines.calibration import (SweepTarget, calibration_curve, pick_temperature,
                                           sweep_confusions)
-from cagnet.baselines.curve_plot import write_curve_png
+from cagnet.report.curves import write_curve_png
 from cagnet.baselines.methods import LoadedModel, load_method_model
 from cagnet.builders import resolve_device
-from cagnet.charts import write_evaluation_figures
+from cagnet.report.charts import write_evaluation_figures
 from cagnet.engine.validation import build_eval_loader, protocol_card
 from cagnet.errors import CheckpointError, ConfigError
 from cagnet.metrics import zero_shot_scores
-from cagnet.report import format_scores_line, write_report
+from cagnet.report.tables import format_scores_line, write_report
 from cagnet.utils.io import atomic_write_json, atomic_write_text
 
 LOGGER = logging.getLogger("cagnet")

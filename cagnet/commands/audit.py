@@ -21,7 +21,7 @@ def add_parser(commands) -> None:
 
 def run(arguments: argparse.Namespace) -> int:
     from cagnet.config import load_config
-    from cagnet.engine.audit import audit_training_data, format_audit
+    from cagnet.tools.audit import audit_training_data, format_audit
     from cagnet.utils.io import atomic_write_json
 
     config = load_config(arguments.config, arguments.overrides)

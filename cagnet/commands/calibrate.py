@@ -31,7 +31,7 @@ def add_parser(commands) -> None:
 def run(arguments: argparse.Namespace) -> int:
     from cagnet.baselines.calibration import parse_values
     from cagnet.baselines.calibration_run import calibrate_checkpoints
-    from cagnet.report import format_scores_line
+    from cagnet.report.tables import format_scores_line
 
     result, out_dir = calibrate_checkpoints(
         arguments.checkpoint, parse_values(arguments.values),

@@ -26,7 +26,7 @@ def add_parser(commands) -> None:
 def run(arguments: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from cagnet.baselines.compare import run_compare
+    from cagnet.baselines.compare.pipeline import run_compare
     from cagnet.builders import PROJECT_ROOT
 
     recipe = Path(arguments.config)

@@ -59,7 +59,7 @@ def run_shapes(arguments: argparse.Namespace) -> int:
 
 
 def run_prepare_voc(arguments: argparse.Namespace) -> int:
-    from cagnet.datasets.prepare import prepare_voc
+    from cagnet.tools.prepare import prepare_voc
 
     result = prepare_voc(arguments.voc, arguments.sbd, workers=arguments.workers)
     counts = result.sources
@@ -72,7 +72,7 @@ def run_prepare_voc(arguments: argparse.Namespace) -> int:
 
 
 def run_prepare_cocostuff(arguments: argparse.Namespace) -> int:
-    from cagnet.datasets.prepare import prepare_cocostuff
+    from cagnet.tools.prepare import prepare_cocostuff
 
     counts = prepare_cocostuff(arguments.root, arguments.out_dir)
     for split, count in counts.items():
@@ -83,7 +83,7 @@ def run_prepare_cocostuff(arguments: argparse.Namespace) -> int:
 def run_check(arguments: argparse.Namespace) -> int:
     from cagnet.builders import PROJECT_ROOT
     from cagnet.config import config_to_dict, load_config
-    from cagnet.engine.data_check import check_dataset, format_check_report
+    from cagnet.tools.data_check import check_dataset, format_check_report
     from cagnet.errors import CagnetError
     from cagnet.utils.io import atomic_write_json
 

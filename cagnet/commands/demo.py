@@ -19,7 +19,7 @@ def add_parser(commands) -> None:
 
 
 def run(arguments: argparse.Namespace) -> int:
-    from cagnet.demo import run_demo
+    from cagnet.engine.demo import run_demo
 
     run_demo(Path(arguments.output_dir), arguments.config, arguments.overrides, arguments.seed)
     return 0

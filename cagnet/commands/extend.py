@@ -68,7 +68,7 @@ def add_parser(commands) -> None:
 def extension_inputs(arguments: argparse.Namespace):
     """(word-vector sources as (kind, path) pairs, embeddings file, settings) from the
     arguments, checked."""
-    from cagnet.extend import ExtensionSettings
+    from cagnet.inference.extend import ExtensionSettings
 
     paths, kinds = arguments.word_vectors, arguments.word_vectors_kind
     if kinds and len(kinds) not in (1, len(paths)):
@@ -85,7 +85,7 @@ def extension_inputs(arguments: argparse.Namespace):
 
 
 def run(arguments: argparse.Namespace) -> int:
-    from cagnet.extend_checkpoint import extend_checkpoint
+    from cagnet.inference.extend_checkpoint import extend_checkpoint
 
     sources, embeddings, settings = extension_inputs(arguments)
     summary = extend_checkpoint(arguments.checkpoint, arguments.out, arguments.add_classes,

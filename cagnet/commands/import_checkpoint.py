@@ -23,7 +23,7 @@ def add_parser(commands) -> None:
 
 def run(arguments: argparse.Namespace) -> int:
     from cagnet.config import load_config
-    from cagnet.engine.import_original import import_backbone_init, import_checkpoint
+    from cagnet.tools.import_original import import_backbone_init, import_checkpoint
 
     config = load_config(arguments.config, arguments.overrides)
     if arguments.init_only:

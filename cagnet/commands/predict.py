@@ -26,9 +26,9 @@ def add_parser(commands) -> None:
 
 def run(arguments: argparse.Namespace) -> int:
     from cagnet.commands.extend import extension_inputs, resolve_runtime
-    from cagnet.extend import extend_inference_model, parse_class_list
-    from cagnet.inference import load_inference_model
-    from cagnet.predict import predict_paths
+    from cagnet.inference.extend import extend_inference_model, parse_class_list
+    from cagnet.inference.model import load_inference_model
+    from cagnet.inference.predict import predict_paths
 
     if (arguments.word_vectors or arguments.embeddings) and not arguments.add_classes:
         raise CagnetError("--word-vectors / --embeddings describe new classes: give their "

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from cagnet.builders import Benchmark, resolve_path
 from cagnet.config import Config
-from cagnet.engine.evaluator import describe_protocol
+from cagnet.engine.evaluate import describe_protocol
 from cagnet.utils.io import atomic_write_json
 
 BACKGROUND_NAMES = ("background", "unlabel", "unlabeled", "unlabelled", "_background_")

@@ -40,7 +40,7 @@ from cagnet.engine.protocol import write_protocol_card
 from cagnet.engine.validation import (build_eval_loader, evaluate_and_report,
                                       log_evaluation_panel)
 from cagnet.errors import CagnetError, CheckpointError, TrainingError
-from cagnet.report import format_scores_line
+from cagnet.report.tables import format_scores_line
 from cagnet.utils import distributed
 from cagnet.utils.runtime import RunLog, apply_run_settings
 

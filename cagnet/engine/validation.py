@@ -12,14 +12,14 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from cagnet.builders import Benchmark, build_datasets
-from cagnet.charts import write_evaluation_figures
+from cagnet.report.charts import write_evaluation_figures
 from cagnet.config import Config
 from cagnet.datasets.segmentation import collate_samples
-from cagnet.engine.evaluator import evaluate
+from cagnet.engine.evaluate import evaluate
 from cagnet.metrics import zero_shot_scores
-from cagnet.report import write_report
+from cagnet.report.tables import write_report
 from cagnet.utils.runtime import autocast_factory
-from cagnet.visualize import segmentation_panel
+from cagnet.report.pictures import segmentation_panel
 
 
 def protocol_card(config: Config, benchmark: Benchmark) -> dict:

@@ -1,4 +1,4 @@
-"""`cagnet extend` on checkpoint files: extend a checkpoint (cagnet.extend), optionally put its
+"""`cagnet extend` on checkpoint files: extend a checkpoint (cagnet.inference.extend), optionally put its
 classes in the order of a split file, and write the new checkpoint with a split file beside it.
 
 Class order matters wherever a checkpoint meets a dataset: `cagnet eval` requires the
@@ -18,7 +18,7 @@ import torch
 import yaml
 
 from cagnet.errors import CagnetError
-from cagnet.extend import ExtensionSettings, extend_inference_model, parse_class_list
+from cagnet.inference.extend import ExtensionSettings, extend_inference_model, parse_class_list
 
 
 def read_class_order(path: str | Path) -> tuple[list[str], list[str]]:
@@ -72,7 +72,7 @@ def extend_checkpoint(checkpoint: str, out: str, names_text: str,
     split is kept in `extra.extension.base_split`. Returns the summary."""
     from cagnet.config import config_to_dict
     from cagnet.engine.checkpoint import load_checkpoint, save_checkpoint
-    from cagnet.inference import InferenceModel, model_from_state
+    from cagnet.inference.model import InferenceModel, model_from_state
     from cagnet.utils.io import atomic_write_text
 
     device = device or torch.device("cpu")

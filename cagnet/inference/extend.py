@@ -21,7 +21,7 @@ time is therefore one more unseen class, as soon as it has an embedding in the s
    run: the trunk is shared with the adversarial head and was trained on real features, and
    training it on generated features alone would drift away from them.
 
-`cagnet.extend_checkpoint` applies this to checkpoint files (`cagnet extend`); `cagnet predict
+`cagnet.inference.extend_checkpoint` applies this to checkpoint files (`cagnet extend`); `cagnet predict
 --add-classes` applies it in memory.
 """
 

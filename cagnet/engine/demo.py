@@ -68,7 +68,7 @@ def run_demo(output_dir: Path, recipe: str | None = None, overrides: Sequence[st
              seed: int = 0) -> dict:
     """Run the demo into `output_dir`; returns the final scores."""
     from cagnet.engine.trainer import train
-    from cagnet.report import format_scores_line
+    from cagnet.report.tables import format_scores_line
 
     started = time.perf_counter()
     step1_recipe = Path(recipe) if recipe else DEFAULT_RECIPE

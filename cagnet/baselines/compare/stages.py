@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from cagnet.report import write_report
+from cagnet.report.tables import write_report
 from cagnet.utils.io import atomic_write_json
 
 LOGGER = logging.getLogger("cagnet")

@@ -13,7 +13,7 @@ from typing import Sequence
 import cv2
 import numpy as np
 
-from cagnet.visualize import BACKGROUND, TEXT_COLOUR, put_text, write_png
+from cagnet.report.pictures import BACKGROUND, TEXT_COLOUR, put_text, write_png
 
 WIDTH, HEIGHT = 720, 440
 LEFT, RIGHT, TOP, BOTTOM = 60, 190, 40, 50

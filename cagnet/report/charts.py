@@ -19,7 +19,7 @@ import cv2
 import numpy as np
 
 from cagnet.utils.io import atomic_write_text
-from cagnet.visualize import BACKGROUND, TEXT_COLOUR, put_text, text_width, write_png
+from cagnet.report.pictures import BACKGROUND, TEXT_COLOUR, put_text, text_width, write_png
 
 SEEN_COLOUR = (180, 119, 31)  # BGR of a blue
 UNSEEN_COLOUR = (14, 127, 255)  # BGR of an orange

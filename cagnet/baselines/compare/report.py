@@ -14,7 +14,7 @@ import math
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from cagnet.report import SUMMARY_COLUMNS, _format_number
+from cagnet.report.tables import SUMMARY_COLUMNS, _format_number
 from cagnet.utils.io import atomic_write_json, atomic_write_text
 
 METHOD_ROWS: tuple[tuple[str, str], ...] = (

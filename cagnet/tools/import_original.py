@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 from cagnet.errors import CheckpointError
-from cagnet.models.original_keys import (EMBEDDING_TABLES, original_key, to_original_key,
+from cagnet.tools.original_keys import (EMBEDDING_TABLES, original_key, to_original_key,
                                          torchvision_trunk_key, trunk_key)
 
 LOGGER = logging.getLogger("cagnet")

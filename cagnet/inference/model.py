@@ -5,8 +5,8 @@ class list, the number of seen classes and the class-embedding matrix all come f
 checkpoint (the model's `class_embeddings` buffer), so a checkpoint extended with new classes
 by `cagnet extend` works exactly like one straight out of training. The architecture comes from
 the checkpoint's stored config (`model` and `baseline` sections: CaGNet, SPNet or ZS3Net); a
-model built around a custom trunk in Python (`cagnet.models.pluggable`) is rebuilt by its own
-code and passed to `cagnet.predict` directly.
+model built around a custom trunk in Python (`cagnet.models.trunks`) is rebuilt by its own
+code and passed to `cagnet.inference.predict` directly.
 """
 
 from __future__ import annotations

@@ -27,12 +27,12 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from cagnet.baselines.compare_recipe import CompareRecipe, read_compare_recipe
-from cagnet.baselines.compare_report import write_comparison
-from cagnet.baselines.compare_stages import StageOutcome, run_stage
+from cagnet.baselines.compare.recipe import CompareRecipe, read_compare_recipe
+from cagnet.baselines.compare.report import write_comparison
+from cagnet.baselines.compare.stages import StageOutcome, run_stage
 from cagnet.builders import Benchmark, build_benchmark, resolve_path
 from cagnet.config import Config, config_to_dict, load_config
-from cagnet.engine.evaluator import describe_protocol
+from cagnet.engine.evaluate import describe_protocol
 from cagnet.errors import ConfigError
 
 LOGGER = logging.getLogger("cagnet")
@@ -68,7 +68,7 @@ class ComparePipeline:
         """Shapes: generate / reuse the benchmark and the pretrained init (`cagnet demo`)."""
         if not self.recipe.shapes_benchmark:
             return
-        from cagnet.demo import prepare_shapes, pretrained_init
+        from cagnet.engine.demo import prepare_shapes, pretrained_init
 
         data_dir = self.output_dir / "shapes"
         embeddings = prepare_shapes(data_dir, self.recipe.benchmark_seed)
@@ -79,7 +79,7 @@ class ComparePipeline:
         self.paths.append(f"model.init={init}")
 
     def run(self) -> dict:
-        from cagnet.baselines import compare_methods as methods
+        from cagnet.baselines.compare import methods
 
         started = time.perf_counter()
         self.prepare_benchmark()

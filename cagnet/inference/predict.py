@@ -10,7 +10,7 @@ stays bounded whatever the size.
 Outputs per image `<name>` (the file stem; `<stem>_<extension>` when two inputs share a stem):
 
     <name>_labels.png   palette PNG, original size: value k + 1 = model class k (0 unused),
-                        colours = the VOC colour map (see `cagnet.visualize`)
+                        colours = the VOC colour map (see `cagnet.report.pictures`)
     <name>_overlay.png  the image blended with the class colours (alpha 0.5) and outlined
     <name>_legend.png   classes present: colour, name, [seen / unseen / added], pixel share
     <name>_panel.png    (--panel) image | overlay | legend side by side
@@ -33,9 +33,9 @@ import torch.nn.functional as F
 from cagnet.datasets.images import read_image_bgr
 from cagnet.datasets.transforms import EvalTransform
 from cagnet.errors import DataError
-from cagnet.inference import InferenceModel
+from cagnet.inference.model import InferenceModel
 from cagnet.utils.io import atomic_write_bytes, atomic_write_json
-from cagnet.visualize import (class_colours, label_png_bytes, legend_entries, legend_image,
+from cagnet.report.pictures import (class_colours, label_png_bytes, legend_entries, legend_image,
                               overlay, side_by_side, write_png)
 
 LOGGER = logging.getLogger("cagnet")

@@ -9,7 +9,7 @@ image viewer shows the same colours as the overlays, and `value - 1` gives the m
 Everything is drawn with OpenCV (no plotting library). Images are BGR uint8 (H, W, 3) inside
 this module; only `segmentation_panel` returns RGB (3, H, W) for TensorBoard. Text is drawn
 with OpenCV's Hershey fonts, which only know ASCII: other characters are shown as '?'.
-The evaluation charts (confusion matrix, per-class IoU) live in `cagnet.charts`.
+The evaluation charts (confusion matrix, per-class IoU) live in `cagnet.report.charts`.
 """
 
 from __future__ import annotations

@@ -11,8 +11,8 @@ from pathlib import Path
 
 from cagnet.baselines.calibration import parse_values, validation_split, write_split_file
 from cagnet.baselines.calibration_run import calibrate, sweep_target, write_calibration
-from cagnet.baselines.compare import ComparePipeline, clean_folder, entry
-from cagnet.baselines.compare_stages import StageOutcome, restate_protocol
+from cagnet.baselines.compare.pipeline import ComparePipeline, clean_folder, entry
+from cagnet.baselines.compare.stages import StageOutcome, restate_protocol
 from cagnet.baselines.methods import load_method_model
 from cagnet.baselines.pseudo_labels import rule_from_config, write_pseudo_labels
 from cagnet.baselines.self_training import train_self_training
