@@ -17,11 +17,12 @@ from typing import Callable
 import numpy as np
 import torch
 
-from cagnet.builders import build_benchmark, build_model, resolve_path
+from cagnet.datasets.build import build_benchmark, build_split
+from cagnet.models.build import build_cagnet
 from cagnet.config import Config
 from cagnet.engine.evaluate import evaluate
 from cagnet.engine.optim import build_optimizers, set_learning_rates
-from cagnet.engine.steps import classifier_step, feature_generation_step
+from cagnet.engine.steps import LabelDraw, StepContext, classifier_step, feature_generation_step
 from cagnet.errors import CagnetError
 from cagnet.utils.runtime import (autocast_factory, build_grad_scaler, memory_format,
                                   prepare_model)
@@ -41,10 +42,7 @@ def class_setup(config: Config, seed: int) -> tuple[np.ndarray, int, str]:
         pass
     num_seen, num_unseen, source = 15, 5, "random 600-d rows, VOC 15 + 5 classes"
     try:
-        from cagnet.datasets.splits import read_class_names, read_split
-
-        names = read_class_names(resolve_path(config.data.class_names, config.data.root))
-        split = read_split(resolve_path(config.data.split, config.data.root), names)
+        split = build_split(config)
         num_seen, num_unseen = split.num_seen, split.num_unseen
         source = f"random 600-d rows for the recipe's split ({num_seen} + {num_unseen})"
     except CagnetError:
@@ -124,10 +122,11 @@ class Bench:
         self.config, self.device = config, device
         embeddings, self.num_seen, self.embedding_source = class_setup(config, seed)
         torch.manual_seed(seed)
-        self.model = build_model(config.model, embeddings, self.num_seen).to(device)
+        self.model = build_cagnet(config.model, embeddings, self.num_seen).to(device)
         prepare_model(self.model, config.train.channels_last, config.train.compile)
         self.autocast = autocast_factory(device, config.train.amp)
         self.scaler = build_grad_scaler(device, config.train.amp)
+        self.context = StepContext(device, self.autocast, self.scaler)
         self.generator = torch.Generator().manual_seed(seed)
         images, labels = synthetic_batch(config.train.batch_size, config.data.crop_size,
                                          self.num_seen, self.generator)
@@ -146,8 +145,7 @@ class Bench:
         def run() -> dict:
             self.model.train()
             return feature_generation_step(self.model, self.images, self.labels, optimizers,
-                                           self.config.loss, train_backbone, self.autocast,
-                                           self.scaler)
+                                           self.config.loss, self.context, train_backbone)
         return run
 
     def step2_function(self) -> Callable[[], dict]:
@@ -157,9 +155,9 @@ class Bench:
         def run() -> dict:
             self.model.train()
             generator = torch.Generator().manual_seed(int(torch.randint(0, 2 ** 31, (1,))))
-            return classifier_step(self.model, train.batch_size, self.grid, optimizers,
-                                   self.config.loss, train.gen_unseen_rate, generator,
-                                   self.device, self.autocast, self.scaler)
+            draw = LabelDraw(train.batch_size, self.grid, train.gen_unseen_rate, generator)
+            return classifier_step(self.model, optimizers, self.config.loss, draw,
+                                   self.context)
         return run
 
     def eval_function(self) -> Callable[[], torch.Tensor]:

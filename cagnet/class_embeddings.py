@@ -330,7 +330,7 @@ def save_class_embeddings(npy_path: str | os.PathLike, matrix: np.ndarray,
     return npy_path, atomic_write_json(sidecar_path(npy_path), sidecar)
 
 
-def _read_sidecar(npy_path: Path) -> dict:
+def read_sidecar(npy_path: Path) -> dict:
     path = sidecar_path(npy_path)
     if not path.is_file():
         return {}
@@ -380,7 +380,7 @@ def load_class_embeddings(npy_path: str | os.PathLike, expected_rows: int | None
         raise EmbeddingError(f"{npy_path} has {matrix.shape[0]} rows but {expected_rows} were "
                              f"expected: rows must match the class-name file (one row per "
                              f"line, background included)")
-    metadata = _read_sidecar(npy_path)
+    metadata = read_sidecar(npy_path)
     stored_names = metadata.get("class_names")
     if stored_names is not None and not isinstance(stored_names, list):
         raise EmbeddingError(f"{sidecar_path(npy_path)}: 'class_names' must be a list, got "
@@ -398,3 +398,54 @@ def load_class_embeddings(npy_path: str | os.PathLike, expected_rows: int | None
                        npy_path, norms.min(), norms.max())
         matrix = matrix / norms[:, None]
     return matrix.astype(np.float32), metadata
+
+
+def embedding_transfer_statistics(matrix: np.ndarray, seen_rows: Sequence[int],
+                                  unseen_rows: Sequence[int]) -> list[dict]:
+    """How much of each unseen class embedding the seen ones explain (a pure function).
+
+    Every row is L2-normalised first. Per unseen row `u`: `residual` = the norm of what remains
+    of the unit embedding after its least-squares projection onto the span of the seen rows (0:
+    a linear map of the seen embeddings reproduces it; 1: orthogonal to all of them), and the
+    seen row with the largest cosine to it. Pascal-VOC fastnvec (seen = ids 1..15, background
+    excluded) gives residuals 0.74-0.94 and nearest-seen cosines 0.26-0.60 for its 5 unseen
+    classes.
+
+    Args:
+        matrix: `(num_rows, D)` class embeddings (any row norms, none zero).
+        seen_rows: Row indices spanning the seen subspace (do not include background unless it
+            is meant to be a class).
+        unseen_rows: Row indices to measure.
+
+    Returns:
+        One dict per unseen row, in the given order: `row` (u), `residual`, `nearest_seen` (the
+        row index in `matrix`, the first one on ties) and `cosine` (to that row), as Python
+        floats and ints.
+
+    Raises:
+        EmbeddingError: no seen rows, an index out of range, or a zero / non-finite row used.
+    """
+    matrix = np.asarray(matrix, dtype=np.float64)
+    if matrix.ndim != 2:
+        raise EmbeddingError(f"embedding_transfer_statistics: expected a 2-D matrix, got shape "
+                             f"{matrix.shape}")
+    seen_rows, unseen_rows = [int(row) for row in seen_rows], [int(row) for row in unseen_rows]
+    if not seen_rows:
+        raise EmbeddingError("embedding_transfer_statistics: no seen rows")
+    outside = [row for row in seen_rows + unseen_rows if not 0 <= row < matrix.shape[0]]
+    if outside:
+        raise EmbeddingError(f"embedding_transfer_statistics: rows {outside} outside a matrix "
+                             f"of {matrix.shape[0]} rows")
+    seen = _normalise_rows(matrix[seen_rows], "seen class embeddings")
+    unseen = _normalise_rows(matrix[unseen_rows], "unseen class embeddings")
+    coefficients = np.linalg.lstsq(seen.T, unseen.T, rcond=None)[0]  # (S, U)
+    residuals = np.linalg.norm(unseen.T - seen.T @ coefficients, axis=0)
+    cosines = unseen @ seen.T  # (U, S)
+    nearest = np.argmax(cosines, axis=1)
+    return [{"row": row, "residual": float(residuals[index]),
+             "nearest_seen": seen_rows[int(nearest[index])],
+             "cosine": float(cosines[index, nearest[index]])}
+            for index, row in enumerate(unseen_rows)]
+
+
+__all__ += ["embedding_transfer_statistics"]

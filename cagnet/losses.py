@@ -188,9 +188,10 @@ def adversarial_generator_loss(kind: str, fake_logit: torch.Tensor,
 
 
 def gradient_penalty(critic: Callable[[torch.Tensor], torch.Tensor], real: torch.Tensor,
-                     fake: torch.Tensor, weight: float = 10.0,
-                     generator: torch.Generator | None = None) -> torch.Tensor:
-    """WGAN-GP penalty `weight * mean((||grad critic(x_hat)|| - 1)^2)` with pixels as samples.
+                     fake: torch.Tensor, generator: torch.Generator | None = None
+                     ) -> torch.Tensor:
+    """WGAN-GP penalty `mean((||grad critic(x_hat)|| - 1)^2)` with pixels as samples (the
+    training step weights it with `loss.gradient_penalty`, 10 in WGAN-GP).
 
     Args:
         critic: maps (N, F) pixel rows to (N,) or (N, 1) raw scores.
@@ -208,7 +209,7 @@ def gradient_penalty(critic: Callable[[torch.Tensor], torch.Tensor], real: torch
         scores = critic(mixed)
         (gradients,) = torch.autograd.grad(scores.float().sum(), mixed, create_graph=True)
     norms = torch.sqrt(gradients.pow(2).sum(dim=1) + 1e-12)
-    return weight * (norms - 1).pow(2).mean()
+    return (norms - 1).pow(2).mean()
 
 
 # ----------------------------------------------------------------------------- content

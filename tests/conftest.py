@@ -84,7 +84,8 @@ def tiny_training_setup(root: Path, extra: tuple[str, ...] = (), train_backbone:
     two training samples: (config, model, optimizers, batch)."""
     import torch
 
-    from cagnet.builders import build_benchmark, build_datasets, build_model
+    from cagnet.datasets.build import build_benchmark, build_dataset
+    from cagnet.models.build import build_cagnet
     from cagnet.config import load_config
     from cagnet.datasets.segmentation import collate_samples
     from cagnet.engine.optim import build_optimizers, set_learning_rates
@@ -92,9 +93,9 @@ def tiny_training_setup(root: Path, extra: tuple[str, ...] = (), train_backbone:
     config = load_config(None, tiny_config_overrides(root) + list(extra))
     benchmark = build_benchmark(config)
     torch.manual_seed(0)
-    model = build_model(config.model, benchmark.class_embeddings, benchmark.split.num_seen)
+    model = build_cagnet(config.model, benchmark.class_embeddings, benchmark.split.num_seen)
     optimizers = build_optimizers(model, config.optim, train_backbone)
     set_learning_rates(optimizers, 0, config.train.iterations, config.optim)
-    dataset = build_datasets(config.data, benchmark.split, seed=0, train=True)
+    dataset = build_dataset(config.data, benchmark.split, seed=0)
     batch = collate_samples([dataset[(0, 0)], dataset[(1, 1)]])
     return config, model.train(), optimizers, batch

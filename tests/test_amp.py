@@ -14,7 +14,7 @@ from cagnet import losses
 from cagnet.config import load_config
 from cagnet.engine.checkpoint import load_checkpoint
 from cagnet.engine.optim import build_optimizers, set_learning_rates
-from cagnet.engine.steps import classifier_step, feature_generation_step
+from cagnet.engine.steps import LabelDraw, StepContext, classifier_step, feature_generation_step
 from cagnet.engine.trainer import train
 from cagnet.errors import ConfigError
 from cagnet.utils.runtime import autocast_factory, build_grad_scaler
@@ -86,11 +86,11 @@ def test_bf16_step_gives_finite_losses_close_to_fp32(tiny_voc: Path):
     twin_optimizers = build_optimizers(twin, config.optim, True)
     set_learning_rates(twin_optimizers, 0, config.train.iterations, config.optim)
     torch.manual_seed(3)
-    full = feature_generation_step(model, batch["image"], batch["label"], optimizers,
-                                   config.loss, True, autocast_factory(CPU, "none"))
+    full = feature_generation_step(model, batch["image"], batch["label"], optimizers, config.loss,
+                                   StepContext(torch.device("cpu"), autocast_factory(CPU, "none")), True)
     torch.manual_seed(3)
-    half = feature_generation_step(twin, batch["image"], batch["label"], twin_optimizers,
-                                   config.loss, True, autocast_factory(CPU, "bf16"))
+    half = feature_generation_step(twin, batch["image"], batch["label"], twin_optimizers, config.loss,
+                                   StepContext(torch.device("cpu"), autocast_factory(CPU, "bf16")), True)
     assert half["skipped"] == 0.0
     for name in ("cls_real", "gan_d", "gan_g", "content", "kl", "loss_backbone"):
         assert abs(half[name] - full[name]) <= 0.05 * abs(full[name]) + 1e-3, \
@@ -103,9 +103,8 @@ def test_fp16_scaler_steps_each_optimizer_and_updates_once(tiny_voc: Path, monke
         scaler = _fp16_scaler(init_scale=16.0)  # the default 2**16 overflows at first
         calls = _count_calls(monkeypatch, scaler)
         before = {k: v.clone() for k, v in model.state_dict().items()}
-        result = feature_generation_step(model, batch["image"], batch["label"], optimizers,
-                                         config.loss, train_backbone,
-                                         autocast_factory(CPU, "fp16"), scaler)
+        result = feature_generation_step(model, batch["image"], batch["label"], optimizers, config.loss,
+                                         StepContext(torch.device("cpu"), autocast_factory(CPU, "fp16"), scaler), train_backbone)
         assert calls == {"step": expected_steps, "update": 1}
         assert result["skipped"] == 0.0 and result["grad_overflow"] == 0.0
         assert result["grad_scale"] == scaler.get_scale()
@@ -115,8 +114,8 @@ def test_fp16_scaler_steps_each_optimizer_and_updates_once(tiny_voc: Path, monke
         assert changed == ({"backbone", "context", "discriminator", "generator"}
                            if train_backbone else {"discriminator", "generator"})
     calls.update(step=0, update=0)
-    classifier_step(model, 2, (5, 5), optimizers, config.loss, 9.0,
-                    torch.Generator().manual_seed(0), CPU, autocast_factory(CPU, "fp16"), scaler)
+    classifier_step(model, optimizers, config.loss, LabelDraw(2, (5, 5), 9.0, torch.Generator().manual_seed(0)),
+                    StepContext(CPU, autocast_factory(CPU, "fp16"), scaler))
     assert calls == {"step": 1, "update": 1}
 
 
@@ -125,8 +124,8 @@ def test_fp16_overflow_skips_only_that_optimizer_and_backs_off_once(tiny_voc: Pa
     scaler = _fp16_scaler(init_scale=1024.0)
     model.discriminator.classifier.bias.register_hook(lambda grad: grad * float("inf"))
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    result = feature_generation_step(model, batch["image"], batch["label"], optimizers,
-                                     config.loss, True, autocast_factory(CPU, "fp16"), scaler)
+    result = feature_generation_step(model, batch["image"], batch["label"], optimizers, config.loss,
+                                     StepContext(torch.device("cpu"), autocast_factory(CPU, "fp16"), scaler), True)
     assert result["skipped"] == 0.0 and result["grad_overflow"] == 1.0
     assert scaler.get_scale() == 512.0  # one update, one back-off
     changed = {k.split(".")[0] for k, v in model.state_dict().items()
@@ -140,8 +139,8 @@ def test_nonfinite_loss_skips_before_the_scaler(tiny_voc: Path, monkeypatch):
     calls = _count_calls(monkeypatch, scaler)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     monkeypatch.setattr(losses, "kl_divergence", lambda *a, **k: torch.tensor(float("nan")))
-    result = feature_generation_step(model, batch["image"], batch["label"], optimizers,
-                                     config.loss, True, autocast_factory(CPU, "fp16"), scaler)
+    result = feature_generation_step(model, batch["image"], batch["label"], optimizers, config.loss,
+                                     StepContext(torch.device("cpu"), autocast_factory(CPU, "fp16"), scaler), True)
     assert result["skipped"] == 1.0 and calls == {"step": 0, "update": 0}
     assert scaler.get_scale() == 1024.0
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())

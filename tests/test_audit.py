@@ -6,11 +6,10 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 
-from cagnet.builders import build_benchmark
+from cagnet.datasets.build import build_benchmark
 from cagnet.cli import main
 from cagnet.config import load_config
 from cagnet.datasets.splits import ClassSplit, read_class_names, read_split
@@ -73,7 +72,7 @@ def test_lookup_of_every_shipped_split_is_clean():
 def test_protocol_card_and_protocol_json_at_training_start(tiny_voc: Path, tmp_path: Path):
     config = load_config(None, tiny_config_overrides(tiny_voc) +
                          ["data.drop_images_with_unseen=true", "eval.protocol=original"])
-    card = protocol_card(config, build_benchmark(config))
+    card = protocol_card(config, build_benchmark(config).split, 4)
     digest = hashlib.sha256((tiny_voc / "class_embeddings.npy").read_bytes()).hexdigest()
     assert card["embedding_sha256"] == digest and card["embedding_dim"] == 4
     assert "inductive" in card["setting"] and "not a class" in card["background"]
@@ -85,7 +84,7 @@ def test_protocol_card_and_protocol_json_at_training_start(tiny_voc: Path, tmp_p
     def background(dataset: str, split_name: str) -> str:
         names = read_class_names(REPOSITORY / "data" / dataset / "class_names.txt")
         split = read_split(REPOSITORY / "data" / dataset / f"{split_name}.yaml", names)
-        return _background(config, SimpleNamespace(split=split))
+        return _background(split)
 
     assert "seen class" in background("voc12", "split_zs3_2")
     assert "no background class" in background("cocostuff", "split_spnet")

@@ -7,15 +7,16 @@ import pytest
 import torch
 from torch import nn
 
-from cagnet.baselines.gmmn import GMMNGenerator, generator_loss, sample_class_pixels
-from cagnet.baselines.methods import load_method_model
-from cagnet.baselines.spnet import SPNet, projection_logits, spnet_loss
-from cagnet.baselines.spnet_training import train_spnet
-from cagnet.baselines.zs3net import classifier_batch_loss, generated_count, train_zs3net
+from cagnet.baselines.spnet import spnet_loss, train_spnet
+from cagnet.baselines.zs3net import (classifier_batch_loss, generated_count, generator_loss,
+                                     sample_class_pixels, train_zs3net)
 from cagnet.config import load_config
-from cagnet.engine.evaluate_checkpoint import evaluate_checkpoint
-from cagnet.engine.checkpoint import load_checkpoint
+from cagnet.datasets.build import build_benchmark
+from cagnet.engine.checkpoint import load_checkpoint, load_model
+from cagnet.engine.evaluate import evaluate_checkpoint
 from cagnet.engine.trainer import train
+from cagnet.models.gmmn import GMMNGenerator
+from cagnet.models.spnet import SPNet, projection_logits
 from conftest import tiny_config_overrides
 
 
@@ -80,13 +81,13 @@ def test_spnet_trains_end_to_end_and_reloads(tiny_voc, tmp_path) -> None:
     config = load_config(None, tiny_config_overrides(tiny_voc) + ["baseline.method=spnet"])
     result = train_spnet(config, tmp_path / "spnet", show_progress=False)
     assert (tmp_path / "spnet" / "metrics.json").is_file()
-    loaded = load_method_model(result.checkpoint)
+    loaded = load_model(result.checkpoint)
     state = load_checkpoint(result.checkpoint)
     assert state["iteration"] == config.train.iterations
     assert isinstance(loaded.model, SPNet)
     # The embedding matrix is a fixed buffer: training never changed it.
     expected = torch.nn.functional.normalize(
-        torch.as_tensor(loaded.benchmark.class_embeddings), dim=1)
+        torch.as_tensor(build_benchmark(config).class_embeddings), dim=1)
     assert torch.allclose(loaded.model.class_embeddings, expected)
     logits = loaded.model.segment(torch.zeros(2, 3, 41, 41))
     assert logits.shape[:2] == (2, 4)
@@ -142,11 +143,12 @@ def test_class_pixel_sampling_caps_each_image_and_class() -> None:
 
 
 def test_zs3net_classifier_batch_weights_generated_unseen_pixels(tiny_voc) -> None:
-    from cagnet.builders import build_benchmark, build_model
+    from cagnet.datasets.build import build_benchmark
+    from cagnet.models.build import build_cagnet
 
     config = load_config(None, tiny_config_overrides(tiny_voc))
     benchmark = build_benchmark(config)
-    model = build_model(config.model, benchmark.class_embeddings, benchmark.split.num_seen)
+    model = build_cagnet(config.model, benchmark.class_embeddings, benchmark.split.num_seen)
     labels = torch.tensor([[[0, 0, 1, 255], [2, 2, 2, 255]]])  # seen classes 0, 1, 2
     assert generated_count(labels, 3, 0) == 2  # 6 seen pixels over 3 classes
     assert generated_count(labels, 3, 7) == 7

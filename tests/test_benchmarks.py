@@ -13,7 +13,7 @@ import scipy.io
 import yaml
 from PIL import Image
 
-from cagnet.builders import build_datasets
+from cagnet.datasets.build import build_dataset
 from cagnet.cli import main
 from cagnet.config import load_config
 from cagnet.datasets.label_sources import read_sbd_mat, voc_colour_map
@@ -107,7 +107,7 @@ def test_voc_sbd_layout_reads_the_mat_files_directly(tmp_path: Path):
         f"data.root={voc}", "data.layout=voc_sbd", f"data.sbd_root={sbd}",
         "data.label_dir=SegmentationClass"])
     split = read_split(REPOSITORY / "data" / "voc12" / "split_spnet.yaml", VOC_NAMES)
-    dataset = build_datasets(config.data, split, seed=0, train=True)
+    dataset = build_dataset(config.data, split, seed=0)
     assert dataset.ids == ["s1", "s2", "v1", "v2"]
     for index, name in enumerate(dataset.ids):
         _, label = dataset.read_raw(index)
@@ -152,7 +152,7 @@ def test_context_mat_layout_maps_459_labels_by_name(tmp_path: Path):
         "data.label_suffix=.mat", f"data.train_list={tmp_path / 'ids.txt'}"])
     names = read_class_names(REPOSITORY / "data" / "context" / "class_names.txt")
     split = read_split(REPOSITORY / "data" / "context" / "split_cagnet.yaml", names)
-    dataset = build_datasets(config.data, split, seed=0, train=True)
+    dataset = build_dataset(config.data, split, seed=0)
     _, label = dataset.read_raw(1)
     assert (label[:8] == names.index("cat")).all()
     assert (label[8:16, :10] == names.index("diningtable")).all()
@@ -173,7 +173,7 @@ def test_context_mat_layout_names_classes_missing_from_labels_txt(tmp_path: Path
     names = read_class_names(REPOSITORY / "data" / "context" / "class_names.txt")
     split = read_split(REPOSITORY / "data" / "context" / "split_cagnet.yaml", names)
     with pytest.raises(DataError, match="keyboard"):
-        build_datasets(config.data, split, seed=0, train=True)
+        build_dataset(config.data, split, seed=0)
 
 
 def test_context_png_layout_and_missing_list_error(tmp_path: Path, monkeypatch):
@@ -191,11 +191,11 @@ def test_context_png_layout_and_missing_list_error(tmp_path: Path, monkeypatch):
     config = load_config(REPOSITORY / "experiments" / "context.yaml", overrides)
     split = read_split(REPOSITORY / "data" / "context" / "split_zs3_2.yaml", names59)
     with pytest.raises(DataError, match=r"data/context/train\.txt.*not distributed"):
-        build_datasets(config.data, split, seed=0, train=True)
+        build_dataset(config.data, split, seed=0)
     (tmp_path / "val.txt").write_text("2008_000002\n")
     config = load_config(REPOSITORY / "experiments" / "context.yaml",
                          overrides + [f"data.val_list={tmp_path / 'val.txt'}"])
-    label = build_datasets(config.data, split, seed=0, train=False)[0]["label"]
+    label = build_dataset(config.data, split, 0, "test")[0]["label"]
     cow = split.num_seen + split.unseen_ids.index(names59.index("cow"))
     assert (label == cow).sum() == (mask == names59.index("cow")).sum()
     assert (label == 0).sum() == (mask == 0).sum()  # background is the first seen class
@@ -222,9 +222,9 @@ def test_cocostuff_lists_are_derived_from_the_folders(tmp_path: Path):
     config = load_config(REPOSITORY / "experiments" / "cocostuff.yaml", [f"data.root={root}"])
     names = read_class_names(REPOSITORY / "data" / "cocostuff" / "class_names.txt")
     split = read_split(REPOSITORY / "data" / "cocostuff" / "split_spnet.yaml", names)
-    train = build_datasets(config.data, split, seed=0, train=True)
+    train = build_dataset(config.data, split, seed=0)
     assert train.ids == ["train2017/000000000009", "train2017/000000000025"]
-    label = build_datasets(config.data, split, seed=0, train=False)[0]["label"]
+    label = build_dataset(config.data, split, 0, "test")[0]["label"]
     cow = split.num_seen + split.unseen_ids.index(names.index("cow"))
     assert (label[10:20] == cow).all() and (label[:10] == split.seen_ids.index(0)).all()
     assert main(["data", "prepare-cocostuff", "--root", str(root)]) == 0
@@ -237,9 +237,9 @@ def test_zs3_protocol_drops_training_images_with_unseen_pixels(tmp_path: Path):
     split_path = REPOSITORY / "data" / "voc12" / "split_zs3_4.yaml"  # cow, motorbike, aero, sofa
     split = read_split(split_path, VOC_NAMES)
     base = [f"data.root={voc}", f"data.split={split_path}"]
-    kept = build_datasets(load_config(REPOSITORY / "experiments" / "voc12.yaml", base).data,
-                          split, 0).ids
-    dropped = build_datasets(load_config(REPOSITORY / "experiments" / "voc12.yaml", base + [
+    kept = build_dataset(load_config(REPOSITORY / "experiments" / "voc12.yaml", base).data,
+                         split, 0).ids
+    dropped = build_dataset(load_config(REPOSITORY / "experiments" / "voc12.yaml", base + [
         "data.drop_images_with_unseen=true"]).data, split, 0).ids
     assert kept == ["s1", "s2", "v1", "v2"] and dropped == ["s1", "s2", "v2"]  # v1: aeroplane
     assert split.train_lookup()[0] == 0  # background is a seen class

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -120,7 +119,7 @@ def test_a_validation_model_holding_out_test_unseen_classes_is_refused() -> None
     names = ("bg", "a", "b", "c", "d")
 
     def loaded(seen, unseen):
-        return SimpleNamespace(benchmark=SimpleNamespace(split=ClassSplit(names, seen, unseen)))
+        return ClassSplit(names, seen, unseen)
 
     real = loaded((1, 2, 3), (4,))
     assert check_validation_model(real, loaded((1, 3), (2,)), "v.pt") == ["b"]
@@ -139,7 +138,7 @@ def test_shapes_validation_split_matches_the_benchmark() -> None:
 
 
 def test_calibrate_command_end_to_end(tiny_voc: Path, tmp_path: Path) -> None:
-    from cagnet.baselines.spnet_training import train_spnet
+    from cagnet.baselines.spnet import train_spnet
     from cagnet.cli import main
     from cagnet.config import load_config
 

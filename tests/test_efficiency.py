@@ -16,7 +16,7 @@ from cagnet import losses
 from cagnet.engine.evaluate import evaluate
 from cagnet.engine.execution import build_execution
 from cagnet.engine.optim import build_optimizers, set_learning_rates
-from cagnet.engine.steps import classifier_step, feature_generation_step
+from cagnet.engine.steps import LabelDraw, StepContext, classifier_step, feature_generation_step
 from cagnet.utils.runtime import autocast_factory, prepare_model
 
 from conftest import REPOSITORY, tiny_training_setup
@@ -65,8 +65,8 @@ class BackboneCounter:
 def test_step1_runs_the_backbone_once_forward_and_once_backward(tiny_voc: Path):
     config, model, optimizers, batch = _setup(tiny_voc)
     counter = BackboneCounter(model)
-    feature_generation_step(model, batch["image"], batch["label"], optimizers, config.loss, True,
-                            NULL_AUTOCAST)
+    feature_generation_step(model, batch["image"], batch["label"], optimizers, config.loss,
+                            StepContext(torch.device("cpu"), NULL_AUTOCAST), True)
     scales = len(config.model.train_scales)
     assert scales == 3
     assert counter.forward_calls == counter.context_calls == scales
@@ -80,7 +80,7 @@ def test_finetune_phase_builds_no_backbone_graph(tiny_voc: Path):
     counter = BackboneCounter(model)
     before = {k: v.clone() for k, v in model.state_dict().items() if k.startswith("backbone.")}
     feature_generation_step(model, batch["image"], batch["label"], optimizers, config.loss,
-                            False, NULL_AUTOCAST)
+                            StepContext(torch.device("cpu"), NULL_AUTOCAST), False)
     assert counter.forward_calls == len(config.model.train_scales)
     assert not any(counter.grad_enabled)  # the frozen backbone runs under no_grad
     assert counter.stem_gradients == counter.weight_accumulations == 0
@@ -92,8 +92,8 @@ def test_step2_never_calls_the_backbone(tiny_voc: Path):
     config, model, optimizers, _ = _setup(tiny_voc, train_backbone=False)
     counter = BackboneCounter(model)
     grid = model.feature_size(config.data.crop_size, config.data.crop_size)
-    result = classifier_step(model, 2, grid, optimizers, config.loss, 9.0,
-                             torch.Generator().manual_seed(0), CPU, NULL_AUTOCAST)
+    result = classifier_step(model, optimizers, config.loss, LabelDraw(2, grid, 9.0, torch.Generator().manual_seed(0)),
+                             StepContext(CPU, NULL_AUTOCAST))
     assert result["skipped"] == 0.0
     assert counter.forward_calls == counter.context_calls == 0
 
@@ -140,10 +140,10 @@ def test_channels_last_keeps_fp32_numerics(tiny_voc: Path):
     set_learning_rates(twin_optimizers, 0, config.train.iterations, config.optim)
     images = batch["image"].contiguous(memory_format=torch.channels_last)
     with no_latent_noise():
-        expected = feature_generation_step(model, batch["image"], batch["label"], optimizers,
-                                           config.loss, True, NULL_AUTOCAST)
-        result = feature_generation_step(twin, images, batch["label"], twin_optimizers,
-                                         config.loss, True, NULL_AUTOCAST)
+        expected = feature_generation_step(model, batch["image"], batch["label"], optimizers, config.loss,
+                                           StepContext(torch.device("cpu"), NULL_AUTOCAST), True)
+        result = feature_generation_step(twin, images, batch["label"], twin_optimizers, config.loss,
+                                         StepContext(torch.device("cpu"), NULL_AUTOCAST), True)
     for name, value in expected.items():
         assert result[name] == pytest.approx(value, rel=1e-5, abs=1e-6), name
     # The updates agree to 0.1% (Adam amplifies rounding where a gradient is near its eps).

@@ -9,12 +9,12 @@ from pathlib import Path
 import torch
 
 from cagnet import losses
-from cagnet.builders import build_benchmark, build_datasets
+from cagnet.datasets.build import build_benchmark, build_dataset
 from cagnet.cli import main
 from cagnet.datasets.segmentation import collate_samples
 from cagnet.engine import steps
 from cagnet.engine.checkpoint import load_checkpoint, save_checkpoint
-from cagnet.engine.steps import classifier_step, feature_generation_step
+from cagnet.engine.steps import LabelDraw, StepContext, classifier_step, feature_generation_step
 from cagnet.utils.runtime import autocast_factory
 
 from conftest import tiny_config_overrides, tiny_training_setup
@@ -42,7 +42,7 @@ def test_every_trainable_parameter_gets_a_gradient_in_step1(tiny_voc: Path):
     for optimizer in optimizers.named().values():
         optimizer.step = recorder(optimizer)  # record the gradients instead of stepping
     feature_generation_step(model, batch["image"], batch["label"], optimizers, config.loss,
-                            True, NULL_AUTOCAST)
+                            StepContext(torch.device("cpu"), NULL_AUTOCAST), True)
     trainable = {name: p for name, p in model.named_parameters() if p.requires_grad}
     missing = [name for name, p in trainable.items() if not seen_grads.get(id(p))]
     assert not missing
@@ -52,16 +52,16 @@ def test_every_trainable_parameter_gets_a_gradient_in_step1(tiny_voc: Path):
 def test_step2_changes_only_the_classifier(tiny_voc: Path):
     config, model, optimizers, _ = _setup(tiny_voc, train_backbone=False)
     before = {name: p.detach().clone() for name, p in model.named_parameters()}
-    classifier_step(model, 2, (5, 5), optimizers, config.loss, 9.0,
-                    torch.Generator().manual_seed(0), torch.device("cpu"), NULL_AUTOCAST)
+    classifier_step(model, optimizers, config.loss, LabelDraw(2, (5, 5), 9.0, torch.Generator().manual_seed(0)),
+                    StepContext(torch.device("cpu"), NULL_AUTOCAST))
     changed = {name for name, p in model.named_parameters() if not torch.equal(p, before[name])}
     assert changed and all(name.startswith("discriminator.") for name in changed)
     assert not any("adversarial" in name for name in changed)
 
     config, model, optimizers, _ = _setup(tiny_voc, ("loss.step2_generator_cls_fake=1",), False)
     before = {name: p.detach().clone() for name, p in model.named_parameters()}
-    classifier_step(model, 2, (5, 5), optimizers, config.loss, 9.0,
-                    torch.Generator().manual_seed(0), torch.device("cpu"), NULL_AUTOCAST)
+    classifier_step(model, optimizers, config.loss, LabelDraw(2, (5, 5), 9.0, torch.Generator().manual_seed(0)),
+                    StepContext(torch.device("cpu"), NULL_AUTOCAST))
     changed = {name for name, p in model.named_parameters() if not torch.equal(p, before[name])}
     assert any(name.startswith("generator.") for name in changed)
     assert not any(name.startswith(("backbone.", "context.")) for name in changed)
@@ -70,7 +70,7 @@ def test_step2_changes_only_the_classifier(tiny_voc: Path):
 def test_no_unseen_label_value_reaches_any_loss(tiny_voc: Path, monkeypatch):
     config, model, optimizers, batch = _setup(tiny_voc, ("loss.generator_cls_fake=1",
                                                          "loss.discriminator_cls_fake=1"))
-    raw = build_datasets(config.data, build_benchmark(config).split, 0, train=True).read_raw(0)[1]
+    raw = build_dataset(config.data, build_benchmark(config).split, 0).read_raw(0)[1]
     assert 4 in raw  # the raw mask holds the unseen class id 4 ...
     values: set[int] = set()
 
@@ -89,10 +89,10 @@ def test_no_unseen_label_value_reaches_any_loss(tiny_voc: Path, monkeypatch):
         monkeypatch.setattr(losses, name, spy(getattr(losses, name)))
     model.train()
     for draw in range(4):
-        dataset = build_datasets(config.data, build_benchmark(config).split, 0, train=True)
+        dataset = build_dataset(config.data, build_benchmark(config).split, 0)
         batch = collate_samples([dataset[(index, draw)] for index in range(len(dataset))])
-        steps.feature_generation_step(model, batch["image"], batch["label"], optimizers,
-                                      config.loss, True, NULL_AUTOCAST)
+        steps.feature_generation_step(model, batch["image"], batch["label"], optimizers, config.loss,
+                                      StepContext(torch.device("cpu"), NULL_AUTOCAST), True)
     assert values and values <= {0, 1, 2, 255}  # ... but only seen indices 0..2 and 255 arrive
 
 
@@ -100,23 +100,25 @@ def test_save_load_then_the_next_step_is_identical(tiny_voc: Path, tmp_path: Pat
     config, model, optimizers, batch = _setup(tiny_voc)
     model.train()
     torch.manual_seed(1)
-    feature_generation_step(model, batch["image"], batch["label"], optimizers, config.loss, True,
-                            NULL_AUTOCAST)
+    feature_generation_step(model, batch["image"], batch["label"], optimizers, config.loss,
+                            StepContext(torch.device("cpu"), NULL_AUTOCAST), True)
     path = save_checkpoint(tmp_path / "ck.pt", model=model, iteration=1, config={},
-                           class_names=["a"], num_seen=1, optimizers=optimizers.state_dict())
+                           class_names=["a"], num_seen=1, optimizers={key: optimizer.state_dict() for key, optimizer
+                                                   in optimizers.named().items()})
     torch.manual_seed(2)
-    expected = feature_generation_step(model, batch["image"], batch["label"], optimizers,
-                                       config.loss, True, NULL_AUTOCAST)
+    expected = feature_generation_step(model, batch["image"], batch["label"], optimizers, config.loss,
+                                       StepContext(torch.device("cpu"), NULL_AUTOCAST), True)
     expected_weights = {k: v.clone() for k, v in model.state_dict().items()}
 
     _, restored, restored_optimizers, _ = _setup(tiny_voc)
     state = load_checkpoint(path)
     restored.load_state_dict(state["model"])
-    restored_optimizers.load_state_dict(state["optimizers"])
+    for key, optimizer in restored_optimizers.named().items():
+        optimizer.load_state_dict(state["optimizers"][key])
     restored.train()
     torch.manual_seed(2)
-    again = feature_generation_step(restored, batch["image"], batch["label"],
-                                    restored_optimizers, config.loss, True, NULL_AUTOCAST)
+    again = feature_generation_step(restored, batch["image"], batch["label"], restored_optimizers, config.loss,
+                                    StepContext(torch.device("cpu"), NULL_AUTOCAST), True)
     assert again == expected
     for key, value in restored.state_dict().items():
         assert torch.equal(value, expected_weights[key]), key
@@ -126,8 +128,8 @@ def test_non_finite_loss_skips_the_update(tiny_voc: Path, monkeypatch):
     config, model, optimizers, batch = _setup(tiny_voc)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     monkeypatch.setattr(losses, "kl_divergence", lambda *a, **k: torch.tensor(float("nan")))
-    result = feature_generation_step(model, batch["image"], batch["label"], optimizers,
-                                     config.loss, True, NULL_AUTOCAST)
+    result = feature_generation_step(model, batch["image"], batch["label"], optimizers, config.loss,
+                                     StepContext(torch.device("cpu"), NULL_AUTOCAST), True)
     assert result["skipped"] == 1.0
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
 

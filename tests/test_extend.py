@@ -13,9 +13,9 @@ import torch
 
 from cagnet.cli import main
 from cagnet.errors import CagnetError, EmbeddingError
+from cagnet.engine.checkpoint import load_model
 from cagnet.inference.extend import (ExtensionSettings, add_unseen_classes, finetune_classifier,
-                           new_class_embeddings, parse_class_list)
-from cagnet.inference.model import load_inference_model
+                                     new_class_embeddings, parse_class_list)
 
 from conftest import write_tiny_voc
 from test_predict import train_tiny_checkpoint
@@ -60,7 +60,7 @@ def test_new_rows_follow_the_embedding_rule_and_the_dimension_is_checked(extensi
 
 def test_growth_keeps_old_rows_and_finetuning_changes_only_the_classifier(extension_run):
     _, _, checkpoint, words = extension_run
-    inference = load_inference_model(checkpoint, torch.device("cpu"))
+    inference = load_model(checkpoint)
     model = inference.model
     head = model.discriminator.classifier
     old_weight, old_bias = head.weight.detach().clone(), head.bias.detach().clone()
@@ -141,8 +141,8 @@ def test_class_order_permutes_classes_without_changing_predictions(extension_run
     assert main(common + ["--out", str(tmp_path / "appended.pt")]) == 0
     assert main(common + ["--out", str(tmp_path / "ordered.pt"), "--class-order",
                           str(order)]) == 0
-    appended = load_inference_model(tmp_path / "appended.pt", torch.device("cpu"))
-    ordered = load_inference_model(tmp_path / "ordered.pt", torch.device("cpu"))
+    appended = load_model(tmp_path / "appended.pt")
+    ordered = load_model(tmp_path / "ordered.pt")
     assert appended.class_names[2:] == ["red square", "blue square"]
     assert ordered.class_names[2:] == ["blue square", "red square"]
     assert ordered.tags == ["seen", "seen", "added", "unseen"]

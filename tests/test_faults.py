@@ -17,12 +17,13 @@ import torch
 from PIL import Image
 
 import cagnet.engine.run_dir as run_dir_module
+import cagnet.engine.loop as loop
 import cagnet.engine.trainer as trainer
 from cagnet import losses
 from cagnet.cli import main
 from cagnet.config import load_config
 from cagnet.engine.checkpoint import FORMAT, load_checkpoint, newest_valid_checkpoint
-from cagnet.engine.pretrain import read_corpus
+from cagnet.datasets.corpus import read_corpus
 from cagnet.datasets.splits import read_id_list
 from cagnet.errors import CagnetError, CheckpointError, DataError, TrainingError
 
@@ -49,7 +50,7 @@ class NaNInjector:
         self.bad, self.every_pass, self.monkeypatch = bad, every_pass, monkeypatch
         self.iteration, self.passes, self.snapshots = -1, {}, {}
         self.learning_rates: dict[tuple[int, int], float] = {}
-        real_seed, real_step = trainer.iteration_seed, trainer.feature_generation_step
+        real_seed, real_step = loop.iteration_seed, trainer.feature_generation_step
 
         def seed(base: int, iteration: int) -> int:
             self.iteration = iteration
@@ -68,7 +69,7 @@ class NaNInjector:
                     return real_step(model, images, labels, optimizers, *args, **kwargs)
             return real_step(model, images, labels, optimizers, *args, **kwargs)
 
-        monkeypatch.setattr(trainer, "iteration_seed", seed)
+        monkeypatch.setattr(loop, "iteration_seed", seed)
         monkeypatch.setattr(trainer, "feature_generation_step", step)
 
 

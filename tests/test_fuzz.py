@@ -21,7 +21,7 @@ from cagnet.config import config_from_dict, config_to_dict, load_config
 from cagnet.datasets.images import read_image_bgr, read_label
 from cagnet.datasets.splits import read_class_names, read_id_list, read_split
 from cagnet.engine.checkpoint import FORMAT, load_checkpoint
-from cagnet.engine.pretrain import read_corpus
+from cagnet.datasets.corpus import read_corpus
 from cagnet.errors import CagnetError
 from cagnet.utils.safe_pickle import load_numpy_pickle
 

@@ -12,7 +12,9 @@ import numpy as np
 import pytest
 import torch
 
-from cagnet.builders import build_benchmark, build_model, load_backbone_init
+from cagnet.datasets.build import build_benchmark
+from cagnet.models.build import build_cagnet
+from cagnet.engine.checkpoint import load_backbone_init
 from cagnet.cli import main
 from cagnet.config import load_config
 from cagnet.engine.checkpoint import load_checkpoint
@@ -31,7 +33,7 @@ def _tiny(root: Path, extra: tuple[str, ...] = ()):
     config = load_config(None, tiny_config_overrides(root) + list(extra))
     benchmark = build_benchmark(config)
     torch.manual_seed(0)
-    model = build_model(config.model, benchmark.class_embeddings, benchmark.split.num_seen)
+    model = build_cagnet(config.model, benchmark.class_embeddings, benchmark.split.num_seen)
     return config, model
 
 
@@ -92,7 +94,7 @@ def test_pinned_key_pairs():
 def test_paper_voc_model_consumes_all_659_original_keys():
     config = load_config(REPOSITORY / "experiments" / "voc12.yaml")
     with torch.device("meta"):
-        model = build_model(config.model, np.ones((20, 600), dtype=np.float32), 15)
+        model = build_cagnet(config.model, np.ones((20, 600), dtype=np.float32), 15)
     original = _original_from(model, 5, 15)
     assert len(original) == 659  # method.md §6
     conversion = convert_original(original, model.state_dict(), 5)
@@ -113,7 +115,7 @@ def test_round_trip_into_eval_and_finetune(tiny_voc: Path, tmp_path: Path):
     assert state["iteration"] == 1234
     for key, value in model.state_dict().items():
         assert torch.equal(state["model"][key], value), key
-    rebuilt = build_model(config.model, build_benchmark(config).class_embeddings, 3)
+    rebuilt = build_cagnet(config.model, build_benchmark(config).class_embeddings, 3)
     rebuilt.load_state_dict(state["model"])
     rebuilt.eval()
     images = torch.randn(2, 3, 33, 33)

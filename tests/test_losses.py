@@ -97,10 +97,10 @@ def test_adversarial_unknown_kind_and_no_valid_pixel() -> None:
 
 
 def test_gradient_penalty_of_linear_critic() -> None:
-    direction = torch.tensor([[2.0], [1.0], [2.0]])  # norm 3 -> penalty 10 * (3 - 1)^2 = 40
+    direction = torch.tensor([[2.0], [1.0], [2.0]])  # norm 3 -> penalty (3 - 1)^2 = 4
     real, fake = torch.randn(5, 3), torch.randn(5, 3)
-    penalty = losses.gradient_penalty(lambda rows: rows @ direction, real, fake, weight=10.0)
-    assert penalty.item() == pytest.approx(40.0, rel=1e-5)
+    penalty = losses.gradient_penalty(lambda rows: rows @ direction, real, fake)
+    assert penalty.item() == pytest.approx(4.0, rel=1e-5)  # unweighted: the step applies 10
 
 
 def test_mmd_golden() -> None:

@@ -10,11 +10,12 @@ import pytest
 import torch
 from torch import nn
 
-from cagnet.builders import build_benchmark, build_datasets, build_model
+from cagnet.datasets.build import build_benchmark, build_dataset
+from cagnet.models.build import build_cagnet
 from cagnet.config import load_config
 from cagnet.datasets.segmentation import collate_samples
 from cagnet.engine.optim import backbone_parameter_groups, build_optimizers, set_learning_rates
-from cagnet.engine.steps import feature_generation_step
+from cagnet.engine.steps import LabelDraw, StepContext, feature_generation_step
 from cagnet.errors import ConfigError
 from cagnet.models import FrozenBatchNorm2d
 from cagnet.models.trunks import (TorchvisionInput, TrunkWithASPP, freeze_batch_norm,
@@ -33,22 +34,23 @@ def test_resnet18_trunk_trains_a_step1_iteration_and_segments(tiny_voc: Path):
     benchmark = build_benchmark(config)
     torch.manual_seed(0)
     trunk = torchvision_resnet_trunk(torchvision.models.resnet18(weights=None), MEAN_BGR)
-    model = build_model(config.model, benchmark.class_embeddings, benchmark.split.num_seen,
+    model = build_cagnet(config.model, benchmark.class_embeddings, benchmark.split.num_seen,
                         trunk=trunk, trunk_channels=512)
     assert isinstance(model.backbone, TrunkWithASPP)
     assert not any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
-    groups = {group["name"] for group in backbone_parameter_groups(model, config.optim)}
+    groups = {group["name"] for group in backbone_parameter_groups(model.backbone, model.context,
+                                                                config.optim)}
     assert {"trunk", "aspp_weight", "aspp_bias", "context"} <= groups
 
     optimizers = build_optimizers(model, config.optim, train_backbone=True)
     set_learning_rates(optimizers, 0, config.train.iterations, config.optim)
-    dataset = build_datasets(config.data, benchmark.split, seed=0, train=True)
+    dataset = build_dataset(config.data, benchmark.split, seed=0)
     batch = collate_samples([dataset[(0, 0)], dataset[(1, 1)]])
     before = {name: p.detach().clone() for name, p in model.backbone.named_parameters()}
     model.train()
-    terms = feature_generation_step(model, batch["image"], batch["label"], optimizers,
-                                    config.loss, True, autocast_factory(torch.device("cpu"),
-                                                                        "none"))
+    terms = feature_generation_step(model, batch["image"], batch["label"], optimizers, config.loss,
+                                    StepContext(torch.device("cpu"), autocast_factory(torch.device("cpu"),
+                                                                        "none")), True)
     assert terms["skipped"] == 0.0
     changed = {name for name, p in model.backbone.named_parameters()
                if not torch.equal(p, before[name])}

@@ -125,7 +125,7 @@ def test_training_run_writes_evaluation_pictures_and_a_tensorboard_panel(tiny_ru
 
 
 def test_custom_example_recipe_reads_a_custom_layout(tmp_path: Path):
-    from cagnet.builders import build_benchmark, build_datasets
+    from cagnet.datasets.build import build_benchmark, build_dataset
 
     voc = write_tiny_voc(tmp_path / "voc")
     root = tmp_path / "my_data"
@@ -143,6 +143,6 @@ def test_custom_example_recipe_reads_a_custom_layout(tmp_path: Path):
                          [f"data.root={root}"])
     benchmark = build_benchmark(config)
     assert benchmark.split.model_class_names[-1] == "blue square"
-    sample = build_datasets(config.data, benchmark.split, seed=0, train=False,
-                            eval_warp=config.eval.warp_size)[0]
+    sample = build_dataset(config.data, benchmark.split, 0, "test",
+                           eval_warp=config.eval.warp_size)[0]
     assert sample["image"].shape == (3, config.eval.warp_size, config.eval.warp_size)

@@ -11,7 +11,8 @@ import torch
 
 from cagnet.baselines.pseudo_labels import top_p_rule, top_percent_rule, write_pseudo_labels
 from cagnet.baselines.self_training import train_self_training, zero_unseen_conditions
-from cagnet.builders import build_benchmark, build_datasets, build_model
+from cagnet.datasets.build import build_benchmark, build_dataset
+from cagnet.models.build import build_cagnet
 from cagnet.config import load_config
 from cagnet.datasets.images import read_label
 from cagnet.engine.trainer import train
@@ -64,8 +65,8 @@ def _pseudo_labelled(tiny_voc: Path, tmp_path: Path) -> tuple[list[str], Path, P
     step1 = train(load_config(None, overrides), tmp_path / "step1", show_progress=False)
     config = load_config(None, overrides)
     benchmark = build_benchmark(config)
-    model = build_model(config.model, benchmark.class_embeddings, benchmark.split.num_seen)
-    summary = write_pseudo_labels(model, config, benchmark, _everything_unseen,
+    model = build_cagnet(config.model, benchmark.class_embeddings, benchmark.split.num_seen)
+    summary = write_pseudo_labels(model, config, benchmark.split, _everything_unseen,
                                   tmp_path / "pseudo", torch.device("cpu"))
     assert summary["total_pseudo_labelled_pixels"] > 0
     # Every ignored pixel became 'blue square': its own objects, background and void - never
@@ -86,9 +87,9 @@ def test_pseudo_label_folder_and_lookup(tiny_voc: Path, tmp_path: Path) -> None:
     seen = np.isin(mask, [1, 2, 3])
     assert np.array_equal(written[seen], mask[seen]) and set(np.unique(written[~seen])) == {4}
     split = build_benchmark(load_config(None, overrides)).split
-    plain = build_datasets(load_config(None, overrides).data, split, 0, train=True)
-    with_pseudo = build_datasets(load_config(None, overrides + [
-        f"data.pseudo_label_dir={pseudo}"]).data, split, 0, train=True)
+    plain = build_dataset(load_config(None, overrides).data, split, 0)
+    with_pseudo = build_dataset(load_config(None, overrides + [
+        f"data.pseudo_label_dir={pseudo}"]).data, split, 0)
     plain_values = set(plain[(0, 0)]["label"].unique().tolist())
     assert plain_values <= {0, 1, 2, 255}  # default protocol: no unseen label, ever
     assert 3 in set(with_pseudo[(0, 0)]["label"].unique().tolist())  # unseen index S = 3
@@ -125,7 +126,7 @@ def test_zero_embedding_switch(tiny_voc: Path, tmp_path: Path, zero: bool,
 def test_zero_unseen_conditions_restores_the_embeddings(tiny_voc: Path) -> None:
     config = load_config(None, tiny_config_overrides(tiny_voc))
     benchmark = build_benchmark(config)
-    model = build_model(config.model, benchmark.class_embeddings, benchmark.split.num_seen)
+    model = build_cagnet(config.model, benchmark.class_embeddings, benchmark.split.num_seen)
     before = model.class_embeddings.clone()
     labels = torch.tensor([[[0, 3], [2, 255]]])
     with zero_unseen_conditions(model):

@@ -9,13 +9,20 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cagnet.datasets.shapes import (COLOURS, PATTERNS, class_names, generate_shapes_benchmark,
-                                    is_shapes_benchmark)
+from cagnet.class_embeddings import (build_class_embeddings, embedding_transfer_statistics,
+                                     import_original_pickles)
+from cagnet.datasets.shapes import (COLOURS, PATTERNS, VOC_NEAREST_COSINE_RANGE,
+                                    VOC_RESIDUAL_RANGE, class_names, class_token,
+                                    generate_shapes_benchmark, is_shapes_benchmark,
+                                    seen_unseen_split, unseen_transfer_statistics)
 from cagnet.datasets.shapes_drawing import add_void_boundary, voc_palette
 from cagnet.datasets.splits import read_class_names, read_split
-from cagnet.errors import ConfigError
+from cagnet.errors import ConfigError, EmbeddingError
 
 TINY = {"num_train": 12, "num_val": 6, "num_pretrain": 32}
+SMALL = {"num_train": 4, "num_val": 4, "num_pretrain": 0}
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+VOC_VECTORS = SHARED_DATA / "benchmarks" / "voc12" / "cagnet" / "word_vectors"
 
 
 @pytest.fixture(scope="module")
@@ -174,7 +181,8 @@ def test_pretraining_is_reproducible(benchmark: tuple[Path, dict], tmp_path: Pat
     """Same seed, same corpus -> the same init weights (the initial weights are seeded too)."""
     import torch
 
-    from cagnet.builders import PROJECT_ROOT, pretrain_from_config
+    from cagnet.datasets.build import PROJECT_ROOT
+    from cagnet.engine.pretrain import pretrain
     from cagnet.config import load_config
 
     root, _ = benchmark
@@ -184,8 +192,133 @@ def test_pretraining_is_reproducible(benchmark: tuple[Path, dict], tmp_path: Pat
         "model.base_width=4"])
     states = []
     for run in range(2):
-        pretrain_from_config(config, tmp_path / f"init{run}.pt", show_progress=False)
-        states.append(torch.load(tmp_path / f"init{run}.pt", weights_only=False)["backbone"])
+        pretrain(config, tmp_path / f"run{run}", show_progress=False)
+        states.append(torch.load(tmp_path / f"run{run}" / "backbone_init.pt",
+                                 weights_only=False)["backbone"])
     assert states[0].keys() == states[1].keys()
     for key, value in states[0].items():
         torch.testing.assert_close(value, states[1][key], rtol=0, atol=0, msg=key)
+
+
+def test_embedding_transfer_statistics_by_hand() -> None:
+    matrix = np.array([[5.0, 5.0, 5.0],   # row 0, background: not in the seen span
+                       [2.0, 0.0, 0.0],   # seen
+                       [0.0, 1.0, 0.0],   # seen
+                       [1.0, 1.0, 1.0],   # unseen: (1,1,1)/sqrt(3), off the span by e3/sqrt(3)
+                       [3.0, 4.0, 0.0]])  # unseen: inside the span
+    first, second = embedding_transfer_statistics(matrix, [1, 2], [3, 4])
+    assert first["row"] == 3 and second["row"] == 4
+    assert first["residual"] == pytest.approx(1 / np.sqrt(3))
+    assert first["nearest_seen"] == 1 and first["cosine"] == pytest.approx(1 / np.sqrt(3))  # tie
+    assert second["residual"] == pytest.approx(0.0, abs=1e-12)
+    assert second["nearest_seen"] == 2 and second["cosine"] == pytest.approx(0.8)
+    with_background = embedding_transfer_statistics(matrix, [0, 1, 2], [3])[0]
+    assert with_background["residual"] == pytest.approx(0.0, abs=1e-12)
+    assert with_background["nearest_seen"] == 0 and with_background["cosine"] == pytest.approx(1)
+    with pytest.raises(EmbeddingError, match="no seen rows"):
+        embedding_transfer_statistics(matrix, [], [3])
+    with pytest.raises(EmbeddingError, match="outside"):
+        embedding_transfer_statistics(matrix, [1], [5])
+
+
+@pytest.fixture(scope="module", params=["class", "compositional"])
+def small_benchmark(request: pytest.FixtureRequest,
+                    tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    root = tmp_path_factory.mktemp(f"shapes_{request.param}")
+    summary = generate_shapes_benchmark(root, seed=0, word_vectors=request.param, **SMALL)
+    return root, summary
+
+
+def inside(value: float, bounds: tuple[float, float]) -> bool:
+    return bounds[0] <= value <= bounds[1]
+
+
+def test_word_vector_statistics(small_benchmark: tuple[Path, dict]) -> None:
+    root, summary = small_benchmark
+    kind = summary["word_vectors"]
+    assert is_shapes_benchmark(root) and summary["format"] == "cagnet-shapes-v3"
+    names = class_names()
+    matrix, metadata = build_class_embeddings(names, [("word2vec", str(root / "word_vectors.txt"))])
+    lookups = metadata["sources"][0]["lookups"]
+    seen, unseen = seen_unseen_split()
+    seen_rows = [names.index(name) for name in seen]
+    statistics = unseen_transfer_statistics(root)
+    assert [entry["name"] for entry in statistics] == unseen
+    for entry in statistics:
+        row = names.index(entry["name"])
+        words = set(entry["name"].split())
+        cosines = {name: float(matrix[names.index(name)] @ matrix[row]) for name in seen}
+        sharing = [cosines[name] for name in seen if words & set(name.split())]
+        others = [cosines[name] for name in seen if not words & set(name.split())]
+        assert len(sharing) == len(others) == 6
+        assert entry["cosine"] == pytest.approx(max(cosines.values()), abs=1e-6)
+        if kind == "class":
+            # the attributes carry the transfer: the 6 seen classes sharing the pattern or the
+            # colour are the nearest (the compositional words, independent Gaussian rows in
+            # 64-d, do not even guarantee that)
+            assert min(sharing) > max(others) + 0.2, entry
+            assert words & set(entry["nearest_seen"].split())
+            assert lookups[row] == [class_token(entry["name"])]  # found whole: "striped_red"
+            assert inside(entry["residual"], VOC_RESIDUAL_RANGE), entry
+            assert inside(entry["cosine"], VOC_NEAREST_COSINE_RANGE), entry
+        else:
+            assert lookups[row] == entry["name"].split()  # the mean of two words
+            assert entry["residual"] < 1e-3, entry  # in the span of the seen embeddings
+            assert entry["cosine"] > VOC_NEAREST_COSINE_RANGE[1]
+    again = embedding_transfer_statistics(matrix, seen_rows, [names.index(n) for n in unseen])
+    assert [e["residual"] for e in again] == [e["residual"] for e in statistics]
+
+
+def test_word_vector_kinds(small_benchmark: tuple[Path, dict], tmp_path: Path) -> None:
+    from gensim.models import KeyedVectors
+
+    root, summary = small_benchmark
+    kind = summary["word_vectors"]
+    vectors = KeyedVectors.load_word2vec_format(str(root / "word_vectors.txt"), binary=False)
+    tokens = {class_token(name) for name in class_names()[1:]}
+    assert (tokens <= set(vectors.key_to_index)) == (kind == "class")
+    assert not tokens & set(vectors.key_to_index) or kind == "class"
+    assert len(vectors.key_to_index) == summary["vocabulary_size"]
+    assert summary["attribute_weight"] == (0.6 if kind == "class" else 1.0)
+    np.testing.assert_allclose(np.linalg.norm(vectors.vectors, axis=1), 1.0, atol=1e-5)
+    other = generate_shapes_benchmark(tmp_path / "other", seed=0, word_vectors=(
+        "compositional" if kind == "class" else "class"), **SMALL)
+    assert other["word_vectors"] != kind
+    for label in ("SegmentationClass/val_00000.png", "SegmentationClass/train_00003.png"):
+        assert (tmp_path / "other" / label).read_bytes() == (root / label).read_bytes()
+
+
+def test_word_vector_arguments(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="word_vectors"):
+        generate_shapes_benchmark(tmp_path, word_vectors="mean", **SMALL)
+    with pytest.raises(ConfigError, match="word_dim=16"):
+        generate_shapes_benchmark(tmp_path, word_dim=16, **SMALL)
+    generate_shapes_benchmark(tmp_path, word_dim=16, word_vectors="compositional", **SMALL)
+    assert is_shapes_benchmark(tmp_path)
+
+
+def test_data_shapes_command_prints_statistics(tmp_path: Path,
+                                               capsys: pytest.CaptureFixture) -> None:
+    from cagnet.cli import main
+
+    assert main(["data", "shapes", "--out", str(tmp_path), "--num-train", "4", "--num-val", "4",
+                 "--num-pretrain", "0", "--word-vectors", "compositional"]) == 0
+    output = capsys.readouterr().out
+    assert "compositional word vectors" in output
+    for name in seen_unseen_split()[1]:
+        assert f"{name} " in output
+    assert output.count("residual 0.000") == 4
+
+
+@pytest.mark.skipif(not VOC_VECTORS.is_dir(), reason=f"no VOC word vectors in {VOC_VECTORS}")
+def test_voc_statistics_are_the_reference_ranges() -> None:
+    """Pascal-VOC fastnvec (fastText ‖ word2vec), seen = ids 1..15 (background is no class)."""
+    matrix, _ = import_original_pickles([VOC_VECTORS / "fasttext.pkl",
+                                         VOC_VECTORS / "word2vec.pkl"])
+    statistics = embedding_transfer_statistics(matrix, range(1, 16), range(16, 21))
+    residuals = [round(entry["residual"], 2) for entry in statistics]
+    cosines = [round(entry["cosine"], 2) for entry in statistics]
+    assert (min(residuals), max(residuals)) == VOC_RESIDUAL_RANGE
+    assert (min(cosines), max(cosines)) == VOC_NEAREST_COSINE_RANGE
+    # sheep -> cow, sofa -> chair, train -> bus: real nearest neighbours
+    assert [entry["nearest_seen"] for entry in statistics][1:4] == [10, 9, 6]

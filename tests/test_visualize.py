@@ -101,17 +101,21 @@ def test_charts_draw_any_number_of_classes(num_classes: int, tmp_path):
 
 
 def test_evaluation_panel_runs_the_model_on_the_first_test_images(tiny_voc):
-    from cagnet.builders import build_benchmark, build_model
+    from cagnet.datasets.build import build_benchmark
+    from cagnet.models.build import build_cagnet
     from cagnet.config import load_config
-    from cagnet.engine.validation import evaluation_panel
+    from cagnet.datasets.build import build_eval_loader
+    from cagnet.engine.evaluate import evaluation_panel
 
     from conftest import tiny_config_overrides
 
     config = load_config(None, tiny_config_overrides(tiny_voc))
     benchmark = build_benchmark(config)
-    model = build_model(config.model, benchmark.class_embeddings, benchmark.split.num_seen)
+    model = build_cagnet(config.model, benchmark.class_embeddings, benchmark.split.num_seen)
     model.train()
-    panel = evaluation_panel(model, config, benchmark, torch.device("cpu"), max_images=2)
+    loader = build_eval_loader(config, benchmark.split)
+    panel = evaluation_panel(model, loader, config.data.mean_bgr, torch.device("cpu"),
+                             max_images=2)
     warp = config.eval.warp_size
     assert panel.shape == (3, 2 * warp, 3 * warp + 8) and panel.dtype == np.uint8
     assert model.training  # mode restored

@@ -21,14 +21,16 @@ import torch
 from cagnet.baselines.calibration import (SweepTarget, calibration_curve, pick_temperature,
                                           sweep_confusions)
 from cagnet.report.curves import write_curve_png
-from cagnet.baselines.methods import LoadedModel, load_method_model
-from cagnet.builders import resolve_device
+from cagnet.datasets.build import build_eval_loader
+from cagnet.datasets.splits import ClassSplit
+from cagnet.engine.checkpoint import LoadedModel, load_model
+from cagnet.engine.protocol import protocol_card
 from cagnet.report.charts import write_evaluation_figures
-from cagnet.engine.validation import build_eval_loader, protocol_card
 from cagnet.errors import CheckpointError, ConfigError
 from cagnet.metrics import zero_shot_scores
 from cagnet.report.tables import format_scores_line, write_report
 from cagnet.utils.io import atomic_write_json, atomic_write_text
+from cagnet.utils.runtime import resolve_device
 
 LOGGER = logging.getLogger("cagnet")
 
@@ -48,8 +50,8 @@ class CalibrationResult:
 
 def sweep_target(loaded: LoadedModel, device: torch.device) -> SweepTarget:
     """The test split of a loaded checkpoint, as its own evaluation would see it."""
-    config, split = loaded.config, loaded.benchmark.split
-    loader = build_eval_loader(config, loaded.benchmark)
+    config, split = loaded.config, loaded.split()
+    loader = build_eval_loader(config, split)
     return SweepTarget(loaded.model.to(device), loader, split.num_seen,
                        split.num_seen + split.num_unseen, config.eval.protocol,
                        config.eval.warp_size, device, config.eval.max_images)
@@ -83,10 +85,10 @@ def calibrate(test: SweepTarget, values: Sequence[float], *,
                              confusions[index], validation_curve, list(validation_classes))
 
 
-def check_validation_model(test: LoadedModel, validation: LoadedModel, path: str | Path) -> list:
+def check_validation_model(test_split: ClassSplit, validation_split: ClassSplit,
+                           path: str | Path) -> list:
     """The validation model's held-out classes must be seen classes of the real model and
     none of its unseen classes: T is never chosen on the test set's unseen classes."""
-    test_split, validation_split = test.benchmark.split, validation.benchmark.split
     held_out = [validation_split.class_names[i] for i in validation_split.unseen_ids]
     real_seen = {test_split.class_names[i] for i in test_split.seen_ids}
     real_unseen = {test_split.class_names[i] for i in test_split.unseen_ids}
@@ -106,12 +108,13 @@ def calibrate_checkpoints(checkpoint: str | Path, values: Sequence[float], *,
                           overrides: Sequence[str] = (), out_dir: str | Path | None = None
                           ) -> tuple[CalibrationResult, Path]:
     """Calibrate `checkpoint` (see the module docstring); returns the result and `out_dir`."""
-    loaded = load_method_model(checkpoint, config_path, overrides)
+    loaded = load_model(checkpoint, config_path, overrides)
     device = resolve_device(loaded.config.train.device)
     validation, held_out = None, []
     if validation_checkpoint is not None:
-        validation_model = load_method_model(validation_checkpoint, None, overrides)
-        held_out = check_validation_model(loaded, validation_model, validation_checkpoint)
+        validation_model = load_model(validation_checkpoint, None, overrides)
+        held_out = check_validation_model(loaded.split(), validation_model.split(),
+                                          validation_checkpoint)
         validation = sweep_target(validation_model, device)
     result = calibrate(sweep_target(loaded, device), values, validation=validation,
                        temperature=temperature, validation_classes=held_out)
@@ -124,8 +127,8 @@ def calibrate_checkpoints(checkpoint: str | Path, values: Sequence[float], *,
 def write_calibration(out_dir: Path, result: CalibrationResult, loaded: LoadedModel,
                       checkpoint: str, validation_checkpoint: str | Path | None) -> None:
     """calibration.json / .md / .png plus the calibrated model's metrics.json and report."""
-    split = loaded.benchmark.split
-    card = protocol_card(loaded.config, loaded.benchmark)
+    split = loaded.split()
+    card = protocol_card(loaded.config, split, loaded.model.class_embeddings.shape[1])
     card["calibration"] = (f"T = {result.temperature:g} subtracted from every seen class's "
                            f"softmax probability before the argmax; T {result.chosen_on}")
     title = f"{loaded.config.name}: {checkpoint} calibrated with T = {result.temperature:g}"

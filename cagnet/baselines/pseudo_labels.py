@@ -30,12 +30,12 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
-from cagnet.builders import Benchmark, resolve_path
 from cagnet.config import Config
 from cagnet.datasets import benchmarks
+from cagnet.datasets.build import build_dataset
 from cagnet.datasets.label_sources import encode_index_png
 from cagnet.datasets.segmentation import collate_samples
-from cagnet.datasets.transforms import EvalTransform
+from cagnet.datasets.splits import ClassSplit
 from cagnet.utils.io import atomic_write_bytes, atomic_write_json
 
 IGNORE_INDEX = 255
@@ -91,38 +91,25 @@ def rule_from_config(method: str, config: Config) -> tuple[Rule, str]:
     return rules[method]
 
 
-def _training_images(config: Config, benchmark: Benchmark) -> DataLoader:
-    """Training images warped like test images, labels through the TRAINING lookup."""
-    data, split = config.data, benchmark.split
-    root = Path(data.root)
-    source = benchmarks.label_source(data, root, split.class_names)
-    ids = benchmarks.read_image_ids(resolve_path(data.train_list, root), data, root)
-    if data.drop_images_with_unseen:
-        ids = benchmarks.drop_images_with_unseen(ids, source, split.unseen_ids)
-    dataset = benchmarks.make_dataset(data, root, ids, source, split.train_lookup(),
-                                      split.known_ids(),
-                                      EvalTransform(tuple(data.mean_bgr), config.eval.warp_size),
-                                      config.train.seed)
-    return DataLoader(dataset, batch_size=config.eval.batch_size, shuffle=False,
-                      num_workers=data.num_workers, collate_fn=collate_samples)
-
-
 @torch.no_grad()
-def write_pseudo_labels(model: nn.Module, config: Config, benchmark: Benchmark, rule: Rule,
+def write_pseudo_labels(model: nn.Module, config: Config, split: ClassSplit, rule: Rule,
                         out_dir: str | Path, device: torch.device,
                         diagnostics: bool = True) -> dict:
     """Pseudo-label every training image into `out_dir/<id>.png`; returns (and writes as
     `summary.json`) the pixel counts per class. With `diagnostics`, the true labels are read
     AFTER each map is written, to report where each class's pseudo-labels fell (its own
     objects, other objects, background / void); they are never used for training."""
-    split = benchmark.split
     to_dataset_ids = np.full(256, IGNORE_INDEX, dtype=np.uint8)
     to_dataset_ids[:len(split.model_ids)] = split.model_ids
     test_lookup = split.test_lookup()
     num_classes = len(split.model_ids)
     # rows: pseudo-labelled class; columns: true class 0..K-1, then background / void
     where = np.zeros((num_classes, num_classes + 1), dtype=np.int64)
-    loader = _training_images(config, benchmark)
+    # Training images warped like test images, labels through the TRAINING lookup.
+    loader = DataLoader(build_dataset(config.data, split, config.train.seed, "train",
+                                      eval_warp=config.eval.warp_size),
+                        batch_size=config.eval.batch_size, shuffle=False,
+                        num_workers=config.data.num_workers, collate_fn=collate_samples)
     position = 0  # the loader is not shuffled: dataset index of the next sample
     model.eval()
     for batch in loader:

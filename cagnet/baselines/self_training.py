@@ -1,6 +1,6 @@
 """Self-training runs: CaGNet's trainer on pseudo-labelled training data (method.md §5).
 
-The data side is `data.pseudo_label_dir` (cagnet/builders.py): training labels come from the
+The data side is `data.pseudo_label_dir` (cagnet/datasets/build.py): training labels come from the
 pseudo-label folder, with pseudo-labelled unseen pixels mapped to their model index S..K-1.
 The CaGNet step-1 iteration accepts those labels as they are: they are classification targets
 for the real features, and `CaGNet.condition` gives each its class's real embedding as the
@@ -24,9 +24,9 @@ import torch
 
 from cagnet.config import Config
 from cagnet.engine import trainer
-from cagnet.engine.schedules import is_step2_iteration
+from cagnet.engine.loop import TrainResult
 from cagnet.errors import ConfigError
-from cagnet.models import CaGNet
+from cagnet.models.cagnet_model import CaGNet
 
 @contextlib.contextmanager
 def zero_unseen_conditions(model: CaGNet) -> Iterator[None]:
@@ -43,26 +43,26 @@ def zero_unseen_conditions(model: CaGNet) -> Iterator[None]:
             buffer[model.num_seen:] = saved
 
 
-class ZeroPseudoEmbeddingRun(trainer.TrainingRun):
-    """A training run whose step-1 iterations condition pseudo-labelled pixels on zeros."""
+class ZeroPseudoEmbeddingTraining(trainer.CaGNetTraining):
+    """CaGNet training whose step-1 iterations condition pseudo-labelled pixels on zeros."""
 
-    def _step(self, iteration: int, stop) -> tuple[dict[str, float], dict]:
-        train = self.config.train
-        if is_step2_iteration(iteration, train.stage, train.mixed_period):
-            return super()._step(iteration, stop)
+    def step(self, iteration: int, batch: dict | None) -> dict[str, float]:
+        if batch is None:  # step 2
+            return super().step(iteration, batch)
         with zero_unseen_conditions(self.model):
-            return super()._step(iteration, stop)
+            return super().step(iteration, batch)
 
 
 def train_self_training(config: Config, run_dir: str | Path, init_checkpoint: str | Path, *,
                         overwrite: bool = False, show_progress: bool = True
-                        ) -> trainer.TrainResult:
+                        ) -> TrainResult:
     """Step 1 or the mixed finetune (`config.train.stage`) on `data.pseudo_label_dir`, starting
     from `init_checkpoint`. With the zero-embedding switch off this is exactly `train`."""
     if not config.data.pseudo_label_dir:
         raise ConfigError("data.pseudo_label_dir: a self-training run needs the pseudo-label "
                           "folder (written by cagnet.baselines.pseudo_labels)")
-    run_class = (ZeroPseudoEmbeddingRun if config.self_training.zero_embedding_for_pseudo_labels
-                 else trainer.TrainingRun)
+    method_class = (ZeroPseudoEmbeddingTraining
+                    if config.self_training.zero_embedding_for_pseudo_labels
+                    else trainer.CaGNetTraining)
     return trainer.train(config, run_dir, init_checkpoint=init_checkpoint, overwrite=overwrite,
-                         show_progress=show_progress, run_class=run_class)
+                         show_progress=show_progress, method_class=method_class)

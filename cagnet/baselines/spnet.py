@@ -1,105 +1,34 @@
-"""SPNet (Xian et al., CVPR 2019), method.md §7: semantic projection onto fixed class embeddings.
+"""Training SPNet (`baseline.method: spnet`, `cagnet/models/spnet.py`) as a method of the one
+loop, with CaGNet's data pipeline, optimiser groups, poly schedule, evaluator and report.
 
-The DeepLab-v2 backbone's ASPP output h (B, E, h, w), E = the embedding dimension, is projected
-onto the fixed, L2-normalised class-embedding matrix: logits = h · Eᵀ (no bias, no
-temperature). Training scores only the SEEN rows of E (cross-entropy over seen classes, summed
-over the multi-scale maps, method.md §1.3's scales plus their element-wise max); at test time E
-holds every seen and unseen class, so an unseen class can win the argmax only through its
-embedding. There is no contextual module, no generator and no learned classifier: the only
-trainable module is `backbone`.
+Each iteration: the backbone runs at every `model.train_scales` scale (plus the max map), the
+features are projected onto the SEEN class embeddings and the cross-entropy is summed over the
+maps (`spnet_loss`); SGD with the backbone groups of method.md §3.3 (no contextual group) and
+poly decay. A non-finite loss skips the update and follows `train.on_nonfinite`.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Sequence
 
 import torch
-import torch.nn.functional as F
-from torch import nn
 
 from cagnet import losses
+from cagnet.config import Config, config_to_dict, save_config
+from cagnet.datasets.build import Benchmark, build_benchmark, build_dataset, build_eval_loader
+from cagnet.engine import loop
+from cagnet.engine.checkpoint import load_backbone_init
+from cagnet.engine.evaluate import evaluate_and_report
+from cagnet.engine.execution import Execution
+from cagnet.engine.optim import backbone_optimizer
+from cagnet.engine.protocol import protocol_card
+from cagnet.engine.schedules import poly_lr
 from cagnet.errors import ConfigError
-
-
-def multi_scale_maps(network: nn.Module, images: torch.Tensor,
-                     scales: Sequence[float]) -> list[torch.Tensor]:
-    """`network` at every scale (input resized bilinearly to (int(s H), int(s W))) in `scales`
-    order, then the element-wise max of all of them on the scale-1 grid (smaller maps
-    bilinearly upsampled); a single scale gives one map. images (B, 3, H, W) -> maps
-    (B, C, h_s, w_s)."""
-    height, width = images.shape[-2:]
-    maps = []
-    for scale in scales:
-        scaled = images if scale == 1.0 else F.interpolate(
-            images, size=(int(scale * height), int(scale * width)), mode="bilinear",
-            align_corners=False)
-        maps.append(network(scaled))
-    if len(maps) == 1:
-        return maps
-    reference = maps[list(scales).index(1.0)]
-    maximum = reference
-    for scale, output in zip(scales, maps):
-        if scale != 1.0:
-            maximum = torch.maximum(maximum, F.interpolate(
-                output, size=reference.shape[-2:], mode="bilinear", align_corners=False))
-    return maps + [maximum]
-
-
-def projection_logits(features: torch.Tensor, class_embeddings: torch.Tensor) -> torch.Tensor:
-    """features (B, E, h, w) and embeddings (C, E) -> logits (B, C, h, w) = feature · Eᵀ."""
-    return torch.einsum("behw,ce->bchw", features, class_embeddings.to(features.dtype))
-
-
-class SPNet(nn.Module):
-    """Backbone + fixed semantic projection.
-
-    Args:
-        backbone: images (B, 3, H, W) -> (B, E, h, w) (DeepLab-v2 with its ASPP head).
-        class_embeddings: (K, E), seen classes first; rows are L2-normalised here.
-        num_seen: S, the rows used in training.
-        train_scales: input scales of `multi_scale_features`; must contain 1.0.
-    """
-
-    def __init__(self, backbone: nn.Module, class_embeddings: torch.Tensor, num_seen: int,
-                 train_scales: Sequence[float] = (1.0, 0.5, 0.75)) -> None:
-        super().__init__()
-        if class_embeddings.dim() != 2 or not 0 < num_seen <= class_embeddings.shape[0]:
-            raise ConfigError(f"SPNet needs a (K, E) embedding matrix and 0 < num_seen <= K, "
-                              f"got shape {tuple(class_embeddings.shape)}, num_seen {num_seen}")
-        if 1.0 not in train_scales:
-            raise ConfigError(f"model.train_scales must contain 1.0, got {tuple(train_scales)}")
-        self.backbone = backbone
-        normalised = F.normalize(class_embeddings.detach().float(), dim=1)
-        self.register_buffer("class_embeddings", normalised.clone())
-        self.num_seen = num_seen
-        self.train_scales = tuple(float(scale) for scale in train_scales)
-
-    @property
-    def num_classes(self) -> int:
-        return self.class_embeddings.shape[0]
-
-    @property
-    def num_unseen(self) -> int:
-        return self.num_classes - self.num_seen
-
-    def multi_scale_features(self, images: torch.Tensor) -> list[torch.Tensor]:
-        """ASPP features (B, E, h_s, w_s) at every train scale, then their max."""
-        return multi_scale_maps(self.backbone, images, self.train_scales)
-
-    def seen_logits(self, features: torch.Tensor) -> torch.Tensor:
-        """(B, E, h, w) -> (B, S, h, w): projection onto the seen rows only (training)."""
-        return projection_logits(features, self.class_embeddings[:self.num_seen])
-
-    def segment(self, images: torch.Tensor) -> torch.Tensor:
-        """Single-scale logits over all K classes: images (B, 3, H, W) -> (B, K, h, w)."""
-        return projection_logits(self.backbone(images), self.class_embeddings)
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.segment(images)
-
-    def feature_size(self, height: int, width: int) -> tuple[int, int]:
-        """Grid size (h, w) of the backbone output for an (H, W) input."""
-        return tuple(self.backbone.feature_size(height, width))
+from cagnet.models.build import build_spnet
+from cagnet.models.spnet import SPNet
+from cagnet.utils.io import atomic_write_json
+from cagnet.utils.runtime import RunLog, apply_run_settings, resolve_device
 
 
 def spnet_loss(model: SPNet, features: Sequence[torch.Tensor],
@@ -112,3 +41,81 @@ def spnet_loss(model: SPNet, features: Sequence[torch.Tensor],
         model.seen_logits(feature), losses.resize_labels(labels, feature.shape[-2:]))
         for feature in features]
     return torch.stack(terms).sum()
+
+
+class SPNetTraining(loop.Method):
+    """SPNet's backbone trained on the seen classes (see the module docstring)."""
+
+    name = "spnet"
+
+    def __init__(self, config: Config, benchmark: Benchmark, model: SPNet,
+                 execution: Execution) -> None:
+        self.settings, self.benchmark, self.model = config, benchmark, model
+        self.execution = execution
+        self.config = config_to_dict(config)
+        self.class_names = benchmark.split.model_class_names
+        self.num_seen = benchmark.split.num_seen
+        self.optimizers = {"backbone": backbone_optimizer(model.backbone, None, config.optim)}
+        self.dataset = build_dataset(config.data, benchmark.split, config.train.seed)
+        self.num_workers = config.data.num_workers
+
+    def initialise(self) -> None:
+        if self.settings.model.init:
+            load_backbone_init(self.model, self.settings.model.init)
+
+    def write_run_files(self, run_dir: Path) -> None:
+        save_config(self.settings, run_dir / "config.yaml")
+        atomic_write_json(run_dir / "protocol.json", protocol_card(
+            self.settings, self.benchmark.split, self.benchmark.embedding_dim))
+
+    def set_learning_rates(self, iteration: int) -> dict[str, float]:
+        optim, train = self.settings.optim, self.settings.train
+        rate = poly_lr(optim.backbone_lr, iteration, train.iterations, optim.poly_power,
+                       optim.poly_refresh)
+        for group in self.optimizers["backbone"].param_groups:
+            group["lr"] = rate * group["lr_mult"]
+        return {"backbone": rate}
+
+    def step(self, iteration: int, batch: dict | None) -> dict[str, float]:
+        execution, optimizer = self.execution, self.optimizers["backbone"]
+        self.model.train()
+        images = batch["image"].to(execution.device, non_blocking=True)
+        labels = batch["label"].to(execution.device, non_blocking=True)
+        with execution.autocast():
+            features = self.model.multi_scale_features(images)
+        loss = spnet_loss(self.model, [feature.float() for feature in features], labels)
+        value = float(loss.detach())
+        optimizer.zero_grad(set_to_none=True)
+        if not torch.isfinite(loss):
+            return {"cls_seen": value, "skipped": 1.0}
+        scaler = execution.scaler
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        return {"cls_seen": value, "skipped": 0.0}
+
+    def evaluate(self, report_dir: Path | None, log: RunLog) -> dict:
+        config, split = self.settings, self.benchmark.split
+        card = protocol_card(config, split, self.benchmark.embedding_dim)
+        return evaluate_and_report(self.model, build_eval_loader(config, split), config.eval,
+                                   split, card, self.execution.device, report_dir,
+                                   f"{config.name}: SPNet after {config.train.iterations} "
+                                   "iterations", self.execution.autocast)
+
+
+def train_spnet(config: Config, run_dir: str | Path, *, resume: bool = False,
+                overwrite: bool = False, show_progress: bool = True) -> loop.TrainResult:
+    """Train SPNet into `run_dir` (config.yaml, protocol.json, log.jsonl, checkpoints/) and
+    evaluate it (metrics.json, report.md); `resume` continues from the newest checkpoint."""
+    if config.baseline.method != "spnet":
+        raise ConfigError(f"baseline.method: train_spnet needs 'spnet', got "
+                          f"{config.baseline.method!r}")
+    device = resolve_device(config.train.device)
+    apply_run_settings(config.train.threads, config.train.seed, config.train.deterministic)
+    benchmark = build_benchmark(config)
+    model = build_spnet(config.model, benchmark.class_embeddings, benchmark.split.num_seen)
+    execution = Execution.single(device, config.train.batch_size, config.train.amp)
+    method = SPNetTraining(config, benchmark, model.to(device), execution)
+    return loop.run(method, loop.LoopSettings.from_train(config.train), run_dir,
+                    execution=execution, resume=resume, overwrite=overwrite,
+                    show_progress=show_progress)

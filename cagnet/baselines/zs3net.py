@@ -14,32 +14,75 @@ it) with the GMMN stored in `extra["zs3net_generator"]`.
    ones when self-training) + generated pixels of every unseen class, cross-entropy with the
    generated unseen pixels weighted `unseen_weight` (100; real pixels, pseudo-labelled ones
    included, weigh 1); Adam with `optim.discriminator_*`.
+
+Both stages are one method of the one loop: iterations 0..G-1 train the GMMN, G..G+C-1 the
+classifier, on one stream of training batches.
 """
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
+from typing import Sequence
 
 import torch
 
 from cagnet import losses
-from cagnet.baselines.gmmn import GMMNGenerator, generator_loss, sample_class_pixels
-from cagnet.baselines.loop import run_iterations
-from cagnet.builders import build_benchmark, build_datasets, build_model, resolve_device
 from cagnet.config import Config, config_to_dict, save_config
-from cagnet.engine.checkpoint import load_checkpoint, load_model_state, save_checkpoint
-from cagnet.engine.protocol import write_protocol_card
-from cagnet.engine.run_dir import open_run_log, prepare_run_dir
+from cagnet.datasets.build import Benchmark, build_benchmark, build_dataset, build_eval_loader
+from cagnet.engine import loop
+from cagnet.engine.checkpoint import check_same_classes, load_checkpoint, load_weights
+from cagnet.engine.evaluate import evaluate_and_report
+from cagnet.engine.execution import Execution
+from cagnet.engine.protocol import protocol_card
 from cagnet.engine.schedules import iteration_seed, step_decay
-from cagnet.engine.trainer import TrainResult
-from cagnet.engine.validation import evaluate_and_report
-from cagnet.errors import CheckpointError, ConfigError
-from cagnet.models import CaGNet
-from cagnet.utils.runtime import RunLog, apply_run_settings
+from cagnet.errors import ConfigError
+from cagnet.losses import mmd
+from cagnet.models.build import build_cagnet
+from cagnet.models.cagnet_model import CaGNet
+from cagnet.models.gmmn import GMMNGenerator
+from cagnet.utils.io import atomic_write_json
+from cagnet.utils.runtime import RunLog, apply_run_settings, resolve_device
 
-LOGGER = logging.getLogger("cagnet")
 IGNORE_INDEX = 255
+
+
+def sample_class_pixels(features: torch.Tensor, labels: torch.Tensor, max_pixels: int,
+                        generator: torch.Generator | None = None
+                        ) -> list[tuple[int, torch.Tensor]]:
+    """Group real pixels by (image, class), keeping at most `max_pixels` random ones per group.
+
+    Args:
+        features: (B, F, h, w) real features; labels: (B, h, w) class indices, 255 ignored.
+    Returns:
+        (class index, (n, F) pixel rows) per (image, class) present, image-major.
+    """
+    groups = []
+    for image_features, image_labels in zip(features, labels):
+        rows = image_features.flatten(1).t()  # (h * w, F)
+        flat = image_labels.flatten()
+        for class_index in torch.unique(flat[flat != 255]).tolist():
+            positions = torch.nonzero(flat == class_index).squeeze(1)
+            if positions.numel() > max_pixels:
+                order = torch.randperm(positions.numel(), generator=generator)
+                positions = positions[order[:max_pixels].to(positions.device)]
+            groups.append((int(class_index), rows[positions]))
+    return groups
+
+
+def generator_loss(generator_network: GMMNGenerator, class_embeddings: torch.Tensor,
+                   groups: Sequence[tuple[int, torch.Tensor]], sigmas: Sequence[float],
+                   noise: torch.Generator | None = None) -> torch.Tensor:
+    """Mean over groups of the multi-kernel MMD between the group's real rows (n, F) and as
+    many generated rows of its class (ZS3Net's GMMN loss, kernel exp(-d / (2 sigma)))."""
+    if not groups:
+        return class_embeddings.new_zeros(()) + sum(
+            parameter.sum() * 0 for parameter in generator_network.parameters())
+    terms = []
+    for class_index, real in groups:
+        condition = class_embeddings[class_index].expand(real.shape[0], -1)
+        fake = generator_network.generate(condition, noise)
+        terms.append(mmd(fake, real.detach(), sigmas))
+    return torch.stack(terms).mean()
 
 
 @torch.no_grad()
@@ -90,105 +133,112 @@ def classifier_batch_loss(model: CaGNet, gmmn: GMMNGenerator, features: torch.Te
     return (weights * terms).sum() / weights.sum().clamp(min=1e-12)
 
 
+class ZS3NetTraining(loop.Method):
+    """The GMMN, then the classifier, on the frozen step-1 features of `init_checkpoint`."""
+
+    name = "zs3net"
+
+    def __init__(self, config: Config, benchmark: Benchmark, model: CaGNet,
+                 execution: Execution, init_checkpoint: str | Path) -> None:
+        self.settings, self.benchmark, self.model = config, benchmark, model
+        self.execution, self.init_checkpoint = execution, init_checkpoint
+        self.config = config_to_dict(config)
+        self.class_names = benchmark.split.model_class_names
+        self.num_seen = benchmark.split.num_seen
+        zs3net, optim = config.baseline.zs3net, config.optim
+        embed_dim = model.class_embeddings.shape[1]
+        self.gmmn = GMMNGenerator(embed_dim, embed_dim, zs3net.hidden,
+                                  zs3net.dropout).to(execution.device)
+        betas = tuple(optim.adam_betas)
+        self.optimizers = {
+            "gmmn": torch.optim.Adam(self.gmmn.parameters(), lr=zs3net.generator_lr,
+                                     betas=betas),
+            "classifier": torch.optim.Adam(model.discriminator.parameters(),
+                                           lr=optim.discriminator_lr, betas=betas,
+                                           weight_decay=optim.discriminator_weight_decay)}
+        self.generator_iterations = zs3net.generator_iterations
+        self.dataset = build_dataset(config.data, benchmark.split, config.train.seed)
+        self.num_workers = config.data.num_workers
+
+    def initialise(self) -> None:
+        state = load_checkpoint(self.init_checkpoint)
+        check_same_classes(state, self.class_names, self.init_checkpoint)
+        load_weights(self.model, state, self.init_checkpoint, self.config["model"])
+
+    def write_run_files(self, run_dir: Path) -> None:
+        save_config(self.settings, run_dir / "config.yaml")
+        atomic_write_json(run_dir / "protocol.json", protocol_card(
+            self.settings, self.benchmark.split, self.benchmark.embedding_dim))
+
+    def set_learning_rates(self, iteration: int) -> dict[str, float]:
+        optim, decay = self.settings.optim, self.settings.optim.discriminator_decay
+        if iteration < self.generator_iterations:
+            return {"gmmn": self.settings.baseline.zs3net.generator_lr}
+        rate = optim.discriminator_lr * step_decay(iteration - self.generator_iterations,
+                                                   decay.start, decay.step, decay.gamma)
+        for group in self.optimizers["classifier"].param_groups:
+            group["lr"] = rate
+        return {"classifier": rate}
+
+    def step(self, iteration: int, batch: dict | None) -> dict[str, float]:
+        zs3net, device = self.settings.baseline.zs3net, self.execution.device
+        noise = torch.Generator().manual_seed(iteration_seed(self.settings.train.seed,
+                                                             iteration))
+        features, labels = real_features(self.model, batch, device)
+        self.gmmn.train()  # ZS3Net never switches its generator to eval: dropout stays on
+        if iteration < self.generator_iterations:
+            groups = sample_class_pixels(features, labels, zs3net.pixels_per_class, noise)
+            loss = generator_loss(self.gmmn, self.model.class_embeddings, groups,
+                                  zs3net.mmd_sigmas, noise)
+            optimizer, terms = self.optimizers["gmmn"], {"mmd": float(loss.detach()),
+                                                          "groups": float(len(groups))}
+        else:
+            count = generated_count(labels, self.model.num_seen,
+                                    zs3net.generated_pixels_per_class)
+            self.model.discriminator.train()
+            loss = classifier_batch_loss(self.model, self.gmmn, features, labels, count,
+                                         zs3net.unseen_weight, noise)
+            optimizer, terms = self.optimizers["classifier"], {
+                "cls_weighted": float(loss.detach()), "generated_per_class": float(count)}
+        optimizer.zero_grad(set_to_none=True)
+        if not torch.isfinite(loss):
+            return {**terms, "skipped": 1.0}
+        loss.backward()
+        optimizer.step()
+        return {**terms, "skipped": 0.0}
+
+    def evaluate(self, report_dir: Path | None, log: RunLog) -> dict:
+        config, split = self.settings, self.benchmark.split
+        card = protocol_card(config, split, self.benchmark.embedding_dim)
+        return evaluate_and_report(self.model, build_eval_loader(config, split), config.eval,
+                                   split, card, self.execution.device, report_dir,
+                                   f"{config.name}: ZS3Net (GMMN + retrained classifier)")
+
+    def extra_state(self) -> dict:
+        return {"zs3net_generator": {key: value.detach().cpu()
+                                     for key, value in self.gmmn.state_dict().items()},
+                "init_checkpoint": str(self.init_checkpoint)}
+
+    def load_extra_state(self, extra: dict) -> None:
+        self.gmmn.load_state_dict(extra["zs3net_generator"])
+
+
 def train_zs3net(config: Config, run_dir: str | Path, init_checkpoint: str | Path, *,
-                 overwrite: bool = False, show_progress: bool = True) -> TrainResult:
+                 resume: bool = False, overwrite: bool = False, show_progress: bool = True
+                 ) -> loop.TrainResult:
     """Train the GMMN and the classifier on `init_checkpoint`'s frozen features; write the run
     (checkpoints/last.pt, log.jsonl, metrics.json, report.md) into `run_dir`."""
     if config.baseline.method != "zs3net":
         raise ConfigError(f"baseline.method: train_zs3net needs 'zs3net', got "
                           f"{config.baseline.method!r}")
-    run_dir = Path(run_dir)
     device = resolve_device(config.train.device)
-    prepare_run_dir(run_dir, False, overwrite)
     apply_run_settings(config.train.threads, config.train.seed, config.train.deterministic)
     benchmark = build_benchmark(config)
-    model = build_model(config.model, benchmark.class_embeddings, benchmark.split.num_seen)
-    state = load_checkpoint(init_checkpoint)
-    if state.get("class_names") != benchmark.split.model_class_names:
-        raise CheckpointError(f"{init_checkpoint} was trained for classes "
-                              f"{state.get('class_names')}, this config has "
-                              f"{benchmark.split.model_class_names}")
-    load_model_state(model, state, init_checkpoint)
-    model.to(device)
+    model = build_cagnet(config.model, benchmark.class_embeddings, benchmark.split.num_seen)
+    execution = Execution.single(device, config.train.batch_size)
+    method = ZS3NetTraining(config, benchmark, model.to(device), execution, init_checkpoint)
     zs3net = config.baseline.zs3net
-    embed_dim = model.class_embeddings.shape[1]
-    gmmn = GMMNGenerator(embed_dim, embed_dim, zs3net.hidden, zs3net.dropout).to(device)
-    save_config(config, run_dir / "config.yaml")
-    write_protocol_card(run_dir, config, benchmark)
-    dataset = build_datasets(config.data, benchmark.split, config.train.seed, train=True)
-    log = open_run_log(run_dir, None)
-    try:
-        _train_generator(model, gmmn, dataset, config, log, device, show_progress)
-        _train_classifier(model, gmmn, dataset, config, log, device, show_progress)
-        checkpoint = save_checkpoint(
-            run_dir / "checkpoints" / "last.pt", model=model,
-            iteration=zs3net.classifier_iterations, config=config_to_dict(config),
-            class_names=benchmark.split.model_class_names, num_seen=benchmark.split.num_seen,
-            extra={"zs3net_generator": {key: value.detach().cpu()
-                                        for key, value in gmmn.state_dict().items()},
-                   "init_checkpoint": str(init_checkpoint)})
-        title = f"{config.name}: ZS3Net (GMMN + retrained classifier)"
-        scores = evaluate_and_report(model, config, benchmark, device, run_dir, title)
-        log.write("val", zs3net.classifier_iterations,
-                  {key: value for key, value in scores.items() if isinstance(value, float)})
-    finally:
-        log.close()
-    return TrainResult(run_dir, checkpoint, scores)
-
-
-def _train_generator(model: CaGNet, gmmn: GMMNGenerator, dataset, config: Config, log: RunLog,
-                     device: torch.device, show_progress: bool) -> None:
-    zs3net, train = config.baseline.zs3net, config.train
-    optimizer = torch.optim.Adam(gmmn.parameters(), lr=zs3net.generator_lr,
-                                 betas=tuple(config.optim.adam_betas))
-
-    def step(iteration: int, batch: dict) -> dict[str, float]:
-        noise = torch.Generator().manual_seed(iteration_seed(train.seed, iteration))
-        features, labels = real_features(model, batch, device)
-        groups = sample_class_pixels(features, labels, zs3net.pixels_per_class, noise)
-        gmmn.train()
-        loss = generator_loss(gmmn, model.class_embeddings, groups, zs3net.mmd_sigmas, noise)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        return {"mmd": float(loss.detach()), "groups": float(len(groups))}
-
-    run_iterations(step, dataset, total=zs3net.generator_iterations,
-                   batch_size=train.batch_size, seed=train.seed,
-                   num_workers=config.data.num_workers, log=log,
-                   log_interval=train.log_interval, log_kind="generator",
-                   show_progress=show_progress)
-
-
-def _train_classifier(model: CaGNet, gmmn: GMMNGenerator, dataset, config: Config,
-                      log: RunLog, device: torch.device, show_progress: bool) -> None:
-    zs3net, train, optim = config.baseline.zs3net, config.train, config.optim
-    discriminator = model.discriminator
-    optimizer = torch.optim.Adam(discriminator.parameters(), lr=optim.discriminator_lr,
-                                 betas=tuple(optim.adam_betas),
-                                 weight_decay=optim.discriminator_weight_decay)
-    decay = optim.discriminator_decay
-
-    def step(iteration: int, batch: dict) -> dict[str, float]:
-        rate = optim.discriminator_lr * step_decay(iteration, decay.start, decay.step,
-                                                   decay.gamma)
-        for group in optimizer.param_groups:
-            group["lr"] = rate
-        noise = torch.Generator().manual_seed(iteration_seed(train.seed, iteration))
-        features, labels = real_features(model, batch, device)
-        count = generated_count(labels, model.num_seen, zs3net.generated_pixels_per_class)
-        gmmn.train()  # ZS3Net never switches its generator to eval: dropout stays on
-        discriminator.train()
-        loss = classifier_batch_loss(model, gmmn, features, labels, count,
-                                     zs3net.unseen_weight, noise)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        return {"cls_weighted": float(loss.detach()), "generated_per_class": float(count),
-                "lr_classifier": rate}
-
-    run_iterations(step, dataset, total=zs3net.classifier_iterations,
-                   batch_size=train.batch_size, seed=train.seed + 1,
-                   num_workers=config.data.num_workers, log=log,
-                   log_interval=train.log_interval, log_kind="classifier",
-                   show_progress=show_progress)
+    settings = loop.LoopSettings.from_train(
+        config.train, zs3net.generator_iterations + zs3net.classifier_iterations)
+    return loop.run(method, settings, run_dir, execution=execution, resume=resume,
+                    overwrite=overwrite, show_progress=show_progress)

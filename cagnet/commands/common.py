@@ -1,8 +1,11 @@
-"""Arguments shared by several subcommands."""
+"""Arguments shared by several subcommands: the recipe and its overrides, the device, and the
+new classes of `cagnet extend` / `cagnet predict --add-classes`."""
 
 from __future__ import annotations
 
 import argparse
+
+from cagnet.errors import CagnetError
 
 
 def add_config_arguments(parser: argparse.ArgumentParser, required: bool = True) -> None:
@@ -10,3 +13,66 @@ def add_config_arguments(parser: argparse.ArgumentParser, required: bool = True)
     parser.add_argument("--set", dest="overrides", action="append", default=[],
                         metavar="KEY=VALUE", help="override a config value, e.g. "
                         "--set train.iterations=100 (repeatable)")
+
+
+def add_extension_arguments(parser: argparse.ArgumentParser, required: bool) -> None:
+    """The new classes, their embedding source and the short classifier finetuning (shared
+    with `cagnet predict`)."""
+    parser.add_argument("--add-classes", required=required, metavar="NAMES",
+                        help='comma-separated new class names, e.g. "zebra,giraffe"')
+    parser.add_argument("--word-vectors", action="append", default=[], metavar="PATH",
+                        help="word-vector file(s) the model's classes were embedded with, in the "
+                        "same order (repeatable: fastnvec = fastText file, then word2vec file)")
+    parser.add_argument("--word-vectors-kind", action="append", default=[], metavar="KIND",
+                        help="kind of each --word-vectors file (once for all, or once per "
+                        "file): auto, word2vec, word2vec_binary, fasttext_bin, fasttext_vec")
+    parser.add_argument("--embeddings", metavar="FILE.npy", help="the new classes' embedding "
+                        "rows instead of word vectors (one row per new name, in order)")
+    parser.add_argument("--iterations", type=int, default=300,
+                        help="classifier finetuning iterations (default 300)")
+    parser.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate of the "
+                        "classifier head (default 1e-3)")
+    parser.add_argument("--batch-size", type=int, default=None, help="generated label maps per "
+                        "iteration (default: the checkpoint's train.batch_size)")
+    parser.add_argument("--unseen-rate", type=float, default=None, help="extra sampling weight "
+                        "of unseen classes (default: the checkpoint's train.gen_unseen_rate)")
+    parser.add_argument("--seed", type=int, default=0)
+
+
+def add_device_arguments(parser: argparse.ArgumentParser) -> None:
+    """--device and --threads (shared with `cagnet predict`)."""
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    parser.add_argument("--threads", type=int, default=0, help="CPU threads of PyTorch (0 = its "
+                        "default; 1 is fastest for the small shapes model on a busy CPU)")
+
+
+def resolve_runtime(arguments: argparse.Namespace):
+    """The device of --device, after applying --threads."""
+    import torch
+
+    from cagnet.utils.runtime import resolve_device
+
+    if arguments.threads < 0:
+        raise CagnetError(f"--threads: expected >= 0, got {arguments.threads}")
+    if arguments.threads:
+        torch.set_num_threads(arguments.threads)
+    return resolve_device(arguments.device)
+
+
+def extension_inputs(arguments: argparse.Namespace):
+    """(word-vector sources as (kind, path) pairs, embeddings file, settings) from the
+    arguments, checked."""
+    from cagnet.inference.extend import ExtensionSettings
+
+    paths, kinds = arguments.word_vectors, arguments.word_vectors_kind
+    if kinds and len(kinds) not in (1, len(paths)):
+        raise CagnetError(f"--word-vectors-kind given {len(kinds)} times for {len(paths)} "
+                          "--word-vectors files: give it once for all or once per file")
+    kinds = kinds * len(paths) if len(kinds) == 1 else kinds or ["auto"] * len(paths)
+    if arguments.iterations < 0 or (arguments.batch_size is not None
+                                    and arguments.batch_size < 1):
+        raise CagnetError("--iterations must be >= 0 and --batch-size >= 1")
+    settings = ExtensionSettings(iterations=arguments.iterations, lr=arguments.lr,
+                                 batch_size=arguments.batch_size,
+                                 unseen_rate=arguments.unseen_rate, seed=arguments.seed)
+    return list(zip(kinds, paths)), arguments.embeddings, settings

@@ -26,8 +26,8 @@ def add_parser(commands) -> None:
 def run(arguments: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from cagnet.baselines.compare.pipeline import run_compare
-    from cagnet.builders import PROJECT_ROOT
+    from cagnet.baselines.compare.run import run_compare
+    from cagnet.datasets.build import PROJECT_ROOT
 
     recipe = Path(arguments.config)
     if not recipe.is_file() and not recipe.is_absolute() and (PROJECT_ROOT / recipe).is_file():

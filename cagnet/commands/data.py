@@ -17,6 +17,11 @@ def add_parser(commands) -> None:
     shapes.add_argument("--num-train", type=int, default=1200)
     shapes.add_argument("--num-val", type=int, default=240)
     shapes.add_argument("--num-pretrain", type=int, default=3200)
+    shapes.add_argument("--word-vectors", choices=("class", "compositional"), default="class",
+                        help="class: one vector per class name, its pattern and colour plus a "
+                        "part of its own (unseen embeddings off the seen span, like real "
+                        "words); compositional: the mean of the pattern and colour words "
+                        "(unseen embeddings in the seen span)")
     shapes.set_defaults(handler=run_shapes)
 
     voc = tools.add_parser("prepare-voc", help="derive the 10,582-image train_aug list from "
@@ -48,13 +53,21 @@ def add_parser(commands) -> None:
 
 
 def run_shapes(arguments: argparse.Namespace) -> int:
-    from cagnet.datasets.shapes import generate_shapes_benchmark
+    from cagnet.datasets.shapes import (VOC_NEAREST_COSINE_RANGE, VOC_RESIDUAL_RANGE,
+                                        generate_shapes_benchmark, unseen_transfer_statistics)
 
     summary = generate_shapes_benchmark(arguments.out, seed=arguments.seed,
                                         num_train=arguments.num_train, num_val=arguments.num_val,
-                                        num_pretrain=arguments.num_pretrain)
+                                        num_pretrain=arguments.num_pretrain,
+                                        word_vectors=arguments.word_vectors)
     print(f"shapes benchmark written to {arguments.out}: {len(summary['seen'])} seen, "
-          f"{len(summary['unseen'])} unseen classes")
+          f"{len(summary['unseen'])} unseen classes, {arguments.word_vectors} word vectors")
+    print(f"unseen class embeddings (residual on the seen span; nearest seen class), Pascal-VOC "
+          f"fastnvec: residual {VOC_RESIDUAL_RANGE[0]:.2f}-{VOC_RESIDUAL_RANGE[1]:.2f}, cosine "
+          f"{VOC_NEAREST_COSINE_RANGE[0]:.2f}-{VOC_NEAREST_COSINE_RANGE[1]:.2f}:")
+    for entry in unseen_transfer_statistics(arguments.out):
+        print(f"  {entry['name']:<18} residual {entry['residual']:.3f}   nearest seen "
+              f"{entry['nearest_seen']:<18} cosine {entry['cosine']:.3f}")
     return 0
 
 
@@ -81,7 +94,7 @@ def run_prepare_cocostuff(arguments: argparse.Namespace) -> int:
 
 
 def run_check(arguments: argparse.Namespace) -> int:
-    from cagnet.builders import PROJECT_ROOT
+    from cagnet.datasets.build import PROJECT_ROOT
     from cagnet.config import config_to_dict, load_config
     from cagnet.tools.data_check import check_dataset, format_check_report
     from cagnet.errors import CagnetError

@@ -17,7 +17,7 @@ def add_parser(commands) -> None:
 
 
 def run(arguments: argparse.Namespace) -> int:
-    from cagnet.engine.evaluate_checkpoint import evaluate_checkpoint
+    from cagnet.engine.evaluate import evaluate_checkpoint
     from cagnet.report.tables import format_scores_line
 
     scores, out_dir = evaluate_checkpoint(arguments.checkpoint, arguments.config,

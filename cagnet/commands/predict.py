@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from cagnet.commands.extend import add_device_arguments, add_extension_arguments
+from cagnet.commands.common import (add_device_arguments, add_extension_arguments,
+                                    extension_inputs, resolve_runtime)
 from cagnet.errors import CagnetError
 
 
@@ -25,9 +26,8 @@ def add_parser(commands) -> None:
 
 
 def run(arguments: argparse.Namespace) -> int:
-    from cagnet.commands.extend import extension_inputs, resolve_runtime
-    from cagnet.inference.extend import extend_inference_model, parse_class_list
-    from cagnet.inference.model import load_inference_model
+    from cagnet.engine.checkpoint import load_model
+    from cagnet.inference.extend import extend_loaded_model, parse_class_list
     from cagnet.inference.predict import predict_paths
 
     if (arguments.word_vectors or arguments.embeddings) and not arguments.add_classes:
@@ -35,14 +35,16 @@ def run(arguments: argparse.Namespace) -> int:
                           "names with --add-classes")
     if not 0.0 <= arguments.alpha <= 1.0:
         raise CagnetError(f"--alpha: expected a weight in [0, 1], got {arguments.alpha}")
-    inference = load_inference_model(arguments.checkpoint, resolve_runtime(arguments))
+    device = resolve_runtime(arguments)
+    loaded = load_model(arguments.checkpoint)
+    loaded.model.to(device)
     if arguments.add_classes:
         sources, embeddings, settings = extension_inputs(arguments)
-        names = parse_class_list(arguments.add_classes, inference.class_names)
-        extend_inference_model(inference, names, sources, embeddings, settings)
-    summary = predict_paths(inference, arguments.input, arguments.out, arguments.save_logits,
+        names = parse_class_list(arguments.add_classes, loaded.class_names)
+        extend_loaded_model(loaded, names, sources, embeddings, settings)
+    summary = predict_paths(loaded, arguments.input, arguments.out, arguments.save_logits,
                             arguments.panel, arguments.alpha, source=arguments.checkpoint)
     print(f"{len(summary['images'])} image(s) segmented into {arguments.out} over "
-          f"{len(inference.class_names)} classes"
+          f"{len(loaded.class_names)} classes"
           + (f"; {len(summary['skipped'])} unreadable skipped" if summary["skipped"] else ""))
     return 0

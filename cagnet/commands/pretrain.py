@@ -9,18 +9,24 @@ from cagnet.commands.common import add_config_arguments
 
 def add_parser(commands) -> None:
     parser = commands.add_parser("pretrain", help="image-level pretraining of the backbone "
-                                 "trunk on a labelled image corpus (writes an init checkpoint)")
+                                 "trunk on a labelled image corpus (writes an init file)")
     add_config_arguments(parser)
-    parser.add_argument("--out", required=True, help="init checkpoint to write (.pt)")
+    parser.add_argument("--output-dir", required=True, help="run directory; the init file is "
+                        "written to OUTPUT_DIR/backbone_init.pt (for model.init)")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue from the newest valid checkpoint in --output-dir")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="start over in a run directory that holds checkpoints")
     parser.set_defaults(handler=run)
 
 
 def run(arguments: argparse.Namespace) -> int:
-    from cagnet.builders import pretrain_from_config
     from cagnet.config import load_config
+    from cagnet.engine.pretrain import INIT_FILE, pretrain
 
     config = load_config(arguments.config, arguments.overrides)
-    summary = pretrain_from_config(config, arguments.out)
-    print(f"pretrained backbone written to {arguments.out}: held-out accuracy "
-          f"{summary['held_out_accuracy']:.3f}")
+    summary = pretrain(config, arguments.output_dir, resume=arguments.resume,
+                       overwrite=arguments.overwrite)
+    print(f"pretrained backbone written to {arguments.output_dir}/{INIT_FILE}: held-out "
+          f"accuracy {summary['held_out_accuracy']:.3f}")
     return 0

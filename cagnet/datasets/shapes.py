@@ -2,16 +2,33 @@
 
 16 compositional classes ("plain red", ..., "checkered yellow" = surface patterns x colours,
 ids 1..16 pattern-major; the object outline is a nuisance factor), 4 of them unseen and forming a
-Latin square, so every pattern and every colour of an unseen class also occurs in 3 seen classes
-and the class embedding (mean of the word vectors of pattern and colour) can transfer. Layout under `out_dir`:
+Latin square, so every pattern and every colour of an unseen class also occurs in 3 seen classes.
+Layout under `out_dir`:
 
     JPEGImages/<id>.jpg, SegmentationClass/<id>.png   palette PNGs, VOC colour map, values are
                                                       class ids, 0 background, 255 void
     ImageSets/Segmentation/{train,val}.txt            ids `train_00042`, `val_00007`
-    class_names.txt, split.yaml, word_vectors.txt     word2vec text format, seeded Gaussian rows
+    class_names.txt, split.yaml, word_vectors.txt     word2vec text format (see below)
     pretrain/images/<id>.jpg, pretrain/labels.txt     64x64 single-object images of ALL classes
                                                       with image-level labels `<id> <class_id>`
     shapes.json                                       summary, written last = completion marker
+
+Word vectors (`word_vectors="class"`, the default): like a real model's vocabulary, every class
+name has its own entry (`striped_red`, found whole by `build_class_embeddings`' lookup), besides
+the single words and distractors. A class vector is its attributes plus a part of its own:
+
+    v(pattern colour) = sqrt(0.6) * (w(pattern) + w(colour)) / sqrt(2) + sqrt(0.4) * g(class)
+
+where the 8 attribute words `w` and the 16 class parts `g` are a seeded random orthonormal set
+(so `v` is unit-norm and the geometry below holds for every seed). An unseen class is then at
+cosine 0.30 from the 6 seen classes sharing its pattern or colour (0 from the others), and the
+least-squares residual of its embedding on the span of the 12 seen ones is 0.78: inside
+Pascal-VOC fastnvec's ranges (residual 0.74-0.94, nearest-seen cosine 0.26-0.60, see
+`VOC_RESIDUAL_RANGE`), so the attributes transfer but no linear map of the seen embeddings
+reproduces an unseen one. `word_vectors="compositional"` writes the earlier vocabulary (single
+words only, independent Gaussian rows): a class embedding is then the mean of its pattern and
+colour words, every unseen embedding lies in the span of the seen ones (residual 0), and a linear
+projection scores the unseen classes for free, which real word embeddings do not allow.
 
 Segmentation images draw their classes uniformly over all 16 classes (training images contain
 unseen objects, whose pixels the training protocol ignores, as in the real benchmarks). Each
@@ -34,7 +51,7 @@ from cagnet.datasets.shapes_drawing import render_scene, render_single_object, v
 from cagnet.errors import ConfigError
 from cagnet.utils.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 
-FORMAT = "cagnet-shapes-v2"
+FORMAT = "cagnet-shapes-v3"
 COLOURS = ("red", "green", "blue", "yellow")
 PATTERNS = ("plain", "striped", "dotted", "checkered")
 # A Latin square: every colour and every pattern of an unseen class occurs in 3 seen classes.
@@ -50,6 +67,20 @@ MARKER_FILE = "shapes.json"
 OBJECTS_PER_IMAGE = (2, 3)
 # Seed-sequence tags: every random stream is keyed by (seed, tag, index).
 STREAM_TAGS = {"train": 1, "val": 2, "pretrain": 3, "word_vectors": 4}
+# "class": one vector per class name (attributes + a class-specific part, the default);
+# "compositional": single words only, a class embedding is the mean of its two words.
+WORD_VECTOR_KINDS = ("class", "compositional")
+# Share of a class vector's squared norm carried by its attributes (pattern + colour); the rest,
+# 1 - ATTRIBUTE_WEIGHT, is the class's own direction. The unseen statistics are exact functions
+# of it: nearest-seen cosine ATTRIBUTE_WEIGHT / 2 and a residual that falls as it grows; both sit
+# in VOC's ranges for 0.52 < ATTRIBUTE_WEIGHT < 0.645, and 0.6 leaves both lower bounds the
+# same margin (cosine 0.30 vs 0.26, residual 0.78 vs 0.74).
+ATTRIBUTE_WEIGHT = 0.6
+# Pascal-VOC fastnvec, unseen = the last 5 classes, each statistic rounded to 2 decimals: the
+# least-squares residual of an unseen embedding on the span of the 15 seen ones, and its cosine
+# to the nearest seen class (see `cagnet.class_embeddings.embedding_transfer_statistics`).
+VOC_RESIDUAL_RANGE = (0.74, 0.94)
+VOC_NEAREST_COSINE_RANGE = (0.26, 0.60)
 
 
 def class_names() -> list[str]:
@@ -65,21 +96,97 @@ def seen_unseen_split() -> tuple[list[str], list[str]]:
             [name for name in objects if name in UNSEEN_CLASSES])
 
 
-def vocabulary() -> list[str]:
-    """Every word of the word-vector file: background, colours, patterns, distractors."""
-    return ["background", *COLOURS, *PATTERNS, *DISTRACTOR_WORDS]
+def class_token(name: str) -> str:
+    """The vocabulary entry of a class name: its words joined by '_' ("striped_red"), the form
+    `build_class_embeddings` looks up before splitting a name into words."""
+    return "_".join(name.split())
 
 
-def word_vectors_text(seed: int, word_dim: int) -> str:
-    """word2vec text format: a `count dim` header, then one L2-normalised Gaussian row per word."""
-    words = vocabulary()
+def _check_word_vectors(word_vectors: str) -> None:
+    if word_vectors not in WORD_VECTOR_KINDS:
+        raise ConfigError(f"shapes benchmark: word_vectors='{word_vectors}' must be one of "
+                          f"{', '.join(WORD_VECTOR_KINDS)}")
+
+
+def vocabulary(word_vectors: str = "class") -> list[str]:
+    """Every word of the word-vector file: background, colours, patterns, distractors, then (kind
+    "class") one token per object class, in class-id order."""
+    _check_word_vectors(word_vectors)
+    words = ["background", *COLOURS, *PATTERNS, *DISTRACTOR_WORDS]
+    if word_vectors == "class":
+        words += [class_token(name) for name in class_names()[1:]]
+    return words
+
+
+def _orthonormal_rows(rows: np.ndarray) -> np.ndarray:
+    """Gram-Schmidt of the rows, in order (QR with the signs fixed, so the result is unique)."""
+    q, r = np.linalg.qr(rows.T)
+    return (q * np.where(np.diag(r) < 0, -1.0, 1.0)).T
+
+
+def word_vector_matrix(seed: int, word_dim: int, word_vectors: str = "class"
+                       ) -> tuple[list[str], np.ndarray]:
+    """`(words, (len(words), word_dim) float64 unit rows)` of the word-vector file.
+
+    Every word outside the classes gets an L2-normalised Gaussian row (the "compositional" file
+    is exactly that). For "class", a second seeded draw gives each object class its own part;
+    the 8 pattern and colour rows and the 16 class parts are replaced by their Gram-Schmidt
+    orthonormalisation (needs `word_dim >= 24`), and the class token's row is
+    `sqrt(ATTRIBUTE_WEIGHT) * (w(pattern) + w(colour)) / sqrt(2)
+    + sqrt(1 - ATTRIBUTE_WEIGHT) * g(class)`, unit-norm by construction.
+    """
+    _check_word_vectors(word_vectors)
+    words = vocabulary("compositional")
     rng = np.random.default_rng([seed, STREAM_TAGS["word_vectors"]])
     vectors = rng.normal(0.0, 1.0, (len(words), word_dim))
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    if word_vectors == "compositional":
+        return words, vectors
+    objects = class_names()[1:]
+    attribute_rows = [words.index(word) for word in (*PATTERNS, *COLOURS)]
+    own = rng.normal(0.0, 1.0, (len(objects), word_dim))
+    frame = _orthonormal_rows(np.concatenate([vectors[attribute_rows], own]))
+    vectors[attribute_rows] = frame[:len(attribute_rows)]
+    own = frame[len(attribute_rows):]
+    rows = []
+    for index, name in enumerate(objects):
+        pattern, colour = name.split()
+        attributes = (vectors[words.index(pattern)] + vectors[words.index(colour)]) / np.sqrt(2)
+        rows.append(np.sqrt(ATTRIBUTE_WEIGHT) * attributes
+                    + np.sqrt(1.0 - ATTRIBUTE_WEIGHT) * own[index])
+    return (words + [class_token(name) for name in objects],
+            np.concatenate([vectors, np.stack(rows)]))
+
+
+def word_vectors_text(seed: int, word_dim: int, word_vectors: str = "class") -> str:
+    """word2vec text format: a `count dim` header, then one row per word (see
+    `word_vector_matrix`), 6 decimals."""
+    words, vectors = word_vector_matrix(seed, word_dim, word_vectors)
     lines = [f"{len(words)} {word_dim}"]
     lines += [word + " " + " ".join(f"{value:.6f}" for value in row)
               for word, row in zip(words, vectors)]
     return "\n".join(lines) + "\n"
+
+
+def unseen_transfer_statistics(out_dir: str | Path) -> list[dict]:
+    """What the class embeddings of a generated benchmark let transfer to each unseen class.
+
+    The embeddings are built from `out_dir/word_vectors.txt` exactly as for training
+    (`build_class_embeddings` with the `word2vec` source). Returns one dict per unseen class, in
+    class-id order: `name`, `residual` (least-squares residual of its unit embedding on the span
+    of the seen classes' embeddings, background excluded), `nearest_seen` (name) and `cosine`.
+    """
+    from cagnet.class_embeddings import build_class_embeddings, embedding_transfer_statistics
+
+    names = class_names()
+    seen, unseen = seen_unseen_split()
+    source = Path(out_dir) / "word_vectors.txt"
+    matrix, _ = build_class_embeddings(names, [("word2vec", str(source))])
+    statistics = embedding_transfer_statistics(matrix, [names.index(name) for name in seen],
+                                               [names.index(name) for name in unseen])
+    return [{"name": names[entry["row"]], "residual": entry["residual"],
+             "nearest_seen": names[entry["nearest_seen"]], "cosine": entry["cosine"]}
+            for entry in statistics]
 
 
 def encode_label_png(label: np.ndarray) -> bytes:
@@ -142,7 +249,13 @@ def render_task(task: tuple[str, int, str, int, tuple[int, int]]) -> tuple[str, 
 
 
 def _check_arguments(num_train: int, num_val: int, num_pretrain: int,
-                     image_size_range: tuple[int, int], word_dim: int, workers: int) -> None:
+                     image_size_range: tuple[int, int], word_dim: int, workers: int,
+                     word_vectors: str) -> None:
+    _check_word_vectors(word_vectors)
+    orthonormal = len(PATTERNS) + len(COLOURS) + len(class_names()) - 1
+    if word_vectors == "class" and word_dim < orthonormal:
+        raise ConfigError(f"shapes benchmark: word_dim={word_dim} must be >= {orthonormal} for "
+                          f"word_vectors='class' (orthonormal attribute and class vectors)")
     if num_train < 1 or num_val < len(UNSEEN_CLASSES) or num_pretrain < 0:
         raise ConfigError(f"shapes benchmark: num_train={num_train} must be >= 1, num_val="
                           f"{num_val} >= {len(UNSEEN_CLASSES)} (every unseen class appears in "
@@ -169,16 +282,18 @@ def _run_tasks(tasks: list[tuple], workers: int) -> list[tuple[str, int, list[in
 def generate_shapes_benchmark(out_dir: str | Path, seed: int = 0, num_train: int = 1200,
                               num_val: int = 240, num_pretrain: int = 3200,
                               image_size_range: tuple[int, int] = (96, 128), word_dim: int = 64,
-                              workers: int = 2) -> dict:
+                              workers: int = 2, word_vectors: str = "class") -> dict:
     """Write the shapes benchmark into `out_dir` and return its summary (also in shapes.json).
 
     Deterministic for a seed whatever `workers` is: label PNGs and the word-vector file are
     byte-identical, JPEG images decode to identical arrays. Every file is written atomically, and
     `shapes.json` is removed first and written last, so an interrupted run is never taken for a
     complete benchmark (see `is_shapes_benchmark`). Files of an earlier, larger benchmark in the
-    same folder are left in place but no longer listed.
+    same folder are left in place but no longer listed. `word_vectors` is one of
+    `WORD_VECTOR_KINDS` (see the module docstring); the images do not depend on it.
     """
-    _check_arguments(num_train, num_val, num_pretrain, image_size_range, word_dim, workers)
+    _check_arguments(num_train, num_val, num_pretrain, image_size_range, word_dim, workers,
+                     word_vectors)
     started = time.perf_counter()
     root = Path(out_dir)
     root.mkdir(parents=True, exist_ok=True)
@@ -188,7 +303,8 @@ def generate_shapes_benchmark(out_dir: str | Path, seed: int = 0, num_train: int
     atomic_write_text(root / "class_names.txt", "\n".join(names) + "\n")
     atomic_write_text(root / "split.yaml", f"seen: {json.dumps(seen)}\nunseen: "
                                            f"{json.dumps(unseen)}\n")
-    atomic_write_text(root / "word_vectors.txt", word_vectors_text(seed, word_dim))
+    atomic_write_text(root / "word_vectors.txt",
+                      word_vectors_text(seed, word_dim, word_vectors))
     for folder in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation", "pretrain/images"):
         (root / folder).mkdir(parents=True, exist_ok=True)
     counts = {"train": num_train, "val": num_val, "pretrain": num_pretrain}
@@ -215,7 +331,9 @@ def generate_shapes_benchmark(out_dir: str | Path, seed: int = 0, num_train: int
         "format": FORMAT, "seed": seed, "class_names": names, "seen": seen, "unseen": unseen,
         "counts": counts, "image_size_range": list(size_range),
         "pretrain_image_size": PRETRAIN_IMAGE_SIZE, "word_dim": word_dim,
-        "vocabulary_size": len(vocabulary()),
+        "word_vectors": word_vectors,
+        "attribute_weight": ATTRIBUTE_WEIGHT if word_vectors == "class" else 1.0,
+        "vocabulary_size": len(vocabulary(word_vectors)),
         "pixels_per_class": {split: dict(zip(names, values.tolist()))
                              for split, values in pixels.items()},
         "pretrain_images_per_class": dict(zip(names[1:], pretrain_per_class[1:].tolist())),
@@ -233,3 +351,22 @@ def is_shapes_benchmark(out_dir: str | Path) -> bool:
     except (OSError, ValueError):
         return False
     return isinstance(summary, dict) and summary.get("format") == FORMAT
+
+
+def prepare_shapes(data_dir: str | Path, seed: int = 0) -> Path:
+    """Generate the benchmark (unless complete) and its class embeddings through the same path
+    as real class names (`cagnet embed`); embeddings built from another `word_vectors.txt`
+    (an older benchmark in the same folder) are rebuilt. Returns the embedding file."""
+    from cagnet.class_embeddings import (build_class_embeddings, read_sidecar,
+                                         save_class_embeddings, sha256_file)
+
+    data_dir = Path(data_dir)
+    if not is_shapes_benchmark(data_dir):
+        generate_shapes_benchmark(data_dir, seed=seed)
+    embeddings, vectors = data_dir / "class_embeddings.npy", data_dir / "word_vectors.txt"
+    recorded = [source.get("sha256") for source in read_sidecar(embeddings).get("sources", [])] \
+        if embeddings.is_file() else []
+    if recorded != [sha256_file(vectors)]:
+        matrix, metadata = build_class_embeddings(class_names(), [("word2vec", str(vectors))])
+        save_class_embeddings(embeddings, matrix, metadata)
+    return embeddings

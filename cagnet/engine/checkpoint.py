@@ -6,6 +6,10 @@ random draws are pure functions of the iteration, so nothing else is needed for 
 resume. Files are loaded with `torch.load(..., weights_only=True)`: a checkpoint from an
 untrusted source cannot execute code.
 
+`model_from_checkpoint` is the one way from a checkpoint to a model (evaluation, prediction,
+calibration, extension, pseudo-labelling); `load_weights` fills a model built from a recipe
+(finetuning from a step-1 checkpoint, resuming).
+
 A run keeps `last.pt` and `previous.pt` (the one before it, a hard link kept before `last.pt` is
 replaced), so a truncated or corrupt `last.pt` still leaves a checkpoint to resume from.
 """
@@ -15,12 +19,17 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
+from torch import nn
 
-from cagnet.errors import CheckpointError
+from cagnet.config import Config, config_from_dict, load_config
+from cagnet.datasets.build import build_split
+from cagnet.datasets.splits import ClassSplit
+from cagnet.errors import CheckpointError, ConfigError
 from cagnet.utils.io import atomic_torch_save
 
 FORMAT = "cagnet-checkpoint-v1"
@@ -65,17 +74,139 @@ def keep_previous(path: str | Path) -> None:
     os.replace(temporary, previous)
 
 
-def load_model_state(model: torch.nn.Module, state: dict, path: str | Path) -> None:
-    """`model.load_state_dict(state["model"])` with an error naming the file when the
-    checkpoint was trained with another architecture or embedding size."""
+def check_same_classes(state: dict, class_names: Sequence[str], path: str | Path) -> None:
+    """A checkpoint's classes (seen then unseen) must be the config's, in the same order."""
+    if state.get("class_names") != list(class_names):
+        raise CheckpointError(f"{path} was trained for classes {state.get('class_names')}, but "
+                              f"this config has {list(class_names)} (seen then unseen)")
+
+
+def _differing_settings(stored: dict, current: dict, prefix: str = "model.") -> list[str]:
+    keys = sorted(set(stored) | set(current))
+    return [f"{prefix}{key}: checkpoint {stored.get(key)!r}, config {current.get(key)!r}"
+            for key in keys if stored.get(key) != current.get(key)]
+
+
+def load_weights(model: nn.Module, state: dict, path: str | Path,
+                 model_settings: dict | None = None) -> None:
+    """`model.load_state_dict(state["model"])` with an error naming the file and, when the
+    config's `model` section is given, the settings that differ from the checkpoint's (a
+    mismatch of architecture or class-embedding size is otherwise thousands of key names)."""
     try:
         model.load_state_dict(state["model"])
     except (RuntimeError, KeyError, TypeError) as error:
-        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-        detail = " ".join(lines[:4]) if lines else repr(error)
+        stored = (state.get("config") or {}).get("model") or {}
+        differing = _differing_settings(stored, model_settings) if model_settings else []
+        if differing:
+            detail = "differing settings: " + "; ".join(differing)
+        else:
+            lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+            detail = " ".join(lines[:2])[:400] if lines else repr(error)
         raise CheckpointError(f"{path} does not match the model built from this config "
-                              f"(different architecture or class-embedding size): "
-                              f"{detail}") from None
+                              f"(architecture or class-embedding size): {detail}") from None
+
+
+def load_backbone_init(model: nn.Module, path: str | Path) -> list[str]:
+    """Load an init file (`cagnet pretrain` or `import-checkpoint --init-only` output) into
+    `model.backbone`. Every key in the file must exist in the backbone with the same shape;
+    backbone keys the file lacks (an image-level pretrained trunk has no ASPP) keep their
+    Kaiming init. Returns those keys."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"model.init: init checkpoint not found: {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises many types for corrupt files
+        raise CheckpointError(f"init checkpoint {path} is corrupt or unsafe: {error}") from None
+    weights = state.get("backbone") if isinstance(state, dict) else None
+    if not isinstance(weights, dict):
+        raise CheckpointError(f"{path}: expected a dict with a 'backbone' state dict "
+                              "(the output of `cagnet pretrain`)")
+    target = model.backbone.state_dict()
+    problems = [f"{key} (not in the backbone)" for key in weights if key not in target]
+    problems += [f"{key} (shape {tuple(value.shape)} vs {tuple(target[key].shape)})"
+                 for key, value in weights.items()
+                 if key in target and value.shape != target[key].shape]
+    if problems:
+        raise CheckpointError(f"{path}: init weights do not match the configured backbone: "
+                              + "; ".join(problems[:10]))
+    model.backbone.load_state_dict(weights, strict=False)
+    return sorted(set(target) - set(weights))
+
+
+@dataclass
+class LoadedModel:
+    """A checkpoint's model (CPU, eval mode) with the config and classes it runs with.
+
+    `tags[k]` is "seen" for k < num_seen, "added" for classes added by `cagnet extend` (they
+    are unseen classes too) and "unseen" otherwise."""
+
+    model: nn.Module
+    config: Config
+    class_names: list[str]
+    num_seen: int
+    state: dict
+    source: str
+    added_classes: list[str] = field(default_factory=list)
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.class_embeddings.device
+
+    @property
+    def tags(self) -> list[str]:
+        added = set(self.added_classes)
+        return ["seen" if index < self.num_seen else "added" if name in added else "unseen"
+                for index, name in enumerate(self.class_names)]
+
+    def split(self) -> ClassSplit:
+        """The config's class split (what evaluation reads the test labels with), checked to
+        hold the checkpoint's classes in the checkpoint's order."""
+        split = build_split(self.config)
+        check_same_classes(self.state, split.model_class_names, self.source)
+        return split
+
+
+def model_from_checkpoint(state: dict, source: str | Path = "checkpoint",
+                          config: Config | None = None) -> LoadedModel:
+    """THE way from a checkpoint to a model: the architecture comes from the checkpoint's own
+    config (`model` and `baseline.method`), the classes and their embeddings from its class
+    list and `class_embeddings` buffer, so no dataset, split or embedding file is read.
+    `config` (the stored one by default) only changes what the run does with the model."""
+    from cagnet.models.build import build_model
+
+    stored = config_from_dict(state["config"])
+    config = config or stored
+    embeddings = state["model"].get("class_embeddings")
+    class_names = list(state.get("class_names") or [])
+    if not isinstance(embeddings, torch.Tensor) or embeddings.dim() != 2:
+        raise CheckpointError(f"{source}: the model has no (K, E) 'class_embeddings' buffer")
+    if embeddings.shape[0] != len(class_names):
+        raise CheckpointError(f"{source}: {len(class_names)} class names but "
+                              f"{embeddings.shape[0]} class-embedding rows")
+    model = build_model(stored.baseline.method, stored.model, embeddings, int(state["num_seen"]))
+    load_weights(model, state, source)
+    extension = (state.get("extra") or {}).get("extension") or {}
+    return LoadedModel(model.eval(), config, class_names, int(state["num_seen"]), state,
+                       str(source), list(extension.get("added_classes", [])))
+
+
+def load_model(path: str | Path, config_path: str | Path | None = None,
+               overrides: Sequence[str] = ()) -> LoadedModel:
+    """Load a checkpoint of any method. `config_path` / `overrides` may change the data and
+    evaluation settings (another dataset root, `eval.protocol=original`, ...); the architecture
+    always comes from the checkpoint, so overriding a `model.` or `baseline.` key is refused."""
+    frozen = [text for text in overrides if text.split("=")[0].strip().startswith(
+        ("model.", "baseline."))]
+    if frozen:
+        raise ConfigError(f"--set {frozen[0]}: the architecture (model.*, baseline.*) comes "
+                          f"from the checkpoint {path} and cannot be overridden")
+    state = load_checkpoint(path)
+    config = load_config(config_path, overrides) if config_path else \
+        config_from_dict(state["config"], overrides)
+    stored = config_from_dict(state["config"])
+    config.model, config.baseline = stored.model, stored.baseline
+    return model_from_checkpoint(state, path, config)
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:

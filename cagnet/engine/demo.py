@@ -11,65 +11,28 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 import time
 from pathlib import Path
 from typing import Sequence
 
-from cagnet.builders import PROJECT_ROOT
-from cagnet.config import Config, load_config
+from cagnet.config import load_config
+from cagnet.datasets.build import PROJECT_ROOT
+from cagnet.datasets.shapes import prepare_shapes
+from cagnet.engine.pretrain import pretrained_init
+from cagnet.engine.trainer import train
 from cagnet.errors import ConfigError
+from cagnet.report.tables import format_scores_line
 
 LOGGER = logging.getLogger("cagnet")
 DEFAULT_RECIPE = PROJECT_ROOT / "experiments" / "shapes.yaml"
 FINETUNE_RECIPE = PROJECT_ROOT / "experiments" / "shapes_finetune.yaml"
 
 
-def prepare_shapes(data_dir: Path, seed: int) -> Path:
-    """Generate the benchmark and its class embeddings unless they already exist."""
-    from cagnet.class_embeddings import build_class_embeddings, save_class_embeddings
-    from cagnet.datasets.shapes import generate_shapes_benchmark, is_shapes_benchmark
-    from cagnet.datasets.splits import read_class_names
-
-    if not is_shapes_benchmark(data_dir):
-        LOGGER.info("generating the shapes benchmark in %s", data_dir)
-        generate_shapes_benchmark(data_dir, seed=seed)
-    embeddings = data_dir / "class_embeddings.npy"
-    if not embeddings.is_file():
-        names = read_class_names(data_dir / "class_names.txt")
-        matrix, metadata = build_class_embeddings(
-            names, [("word2vec", str(data_dir / "word_vectors.txt"))])
-        save_class_embeddings(embeddings, matrix, metadata)
-    return embeddings
-
-
-def pretrained_init(config: Config, out_dir: Path) -> Path:
-    """The pretrained backbone for `config`, trained once and cached by its settings."""
-    from cagnet.builders import pretrain_from_config
-    from cagnet.config import config_to_dict
-    from cagnet.utils.io import atomic_write_json
-
-    signature = {"model": config_to_dict(config)["model"], "embeddings": config.embeddings.path,
-                 "pretrain": config_to_dict(config)["pretrain"], "seed": config.train.seed}
-    path = out_dir / "backbone_init.pt"
-    signature_file = out_dir / "settings.json"
-    if path.is_file() and signature_file.is_file() \
-            and json.loads(signature_file.read_text()) == signature:
-        LOGGER.info("reusing the pretrained backbone %s", path)
-        return path
-    pretrain_from_config(config, path)
-    atomic_write_json(signature_file, signature)
-    return path
-
-
 def run_demo(output_dir: Path, recipe: str | None = None, overrides: Sequence[str] = (),
              seed: int = 0) -> dict:
     """Run the demo into `output_dir`; returns the final scores."""
-    from cagnet.engine.trainer import train
-    from cagnet.report.tables import format_scores_line
-
     started = time.perf_counter()
     step1_recipe = Path(recipe) if recipe else DEFAULT_RECIPE
     if not step1_recipe.is_file() or not FINETUNE_RECIPE.is_file():

@@ -9,7 +9,7 @@ loop with a handful of one-line calls:
   (the DistributedSampler of this iteration-based loop: rank r loads its consecutive slice of
   each global batch, so N processes see exactly the samples of one process);
 - the strided evaluation shard of each rank (confusion matrices are all-reduced, exact);
-- the per-rank seed of per-sample draws, and `BatchSync` for the steps' collectives;
+- the per-rank seed of per-sample draws, and the steps' `StepContext` (collectives included);
 - whether this process is the main one (logging, TensorBoard, checkpoints, reports).
 """
 
@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader
 
 from cagnet.config import TrainConfig
 from cagnet.datasets.segmentation import IterationBatchSampler
+from cagnet.engine.steps import StepContext
 from cagnet.utils import distributed
 from cagnet.utils.distributed import BatchSync, DistributedContext
 from cagnet.utils.runtime import autocast_factory, build_grad_scaler, memory_format, prepare_model
@@ -56,6 +57,19 @@ class Execution:
         prepare_model(model, self.channels_last, self.compile_backbone)
         distributed.broadcast_module(model)
         return model
+
+    @classmethod
+    def single(cls, device: torch.device, batch_size: int = 1, amp: str = "none"
+               ) -> "Execution":
+        """One process on `device` (the methods that do not support torchrun)."""
+        return cls(DistributedContext(device=device), autocast_factory(device, amp),
+                   build_grad_scaler(device, amp), BatchSync(), torch.contiguous_format,
+                   batch_size)
+
+    @property
+    def step_context(self) -> StepContext:
+        """What the training steps need: device, autocast, GradScaler, collectives."""
+        return StepContext(self.device, self.autocast, self.scaler, self.sync)
 
     def images_to_device(self, images: torch.Tensor) -> torch.Tensor:
         """(b, 3, H, W) images on the device, in the run's memory format."""

@@ -21,10 +21,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterable, Iterator
 
-from cagnet.engine.optim import Optimizers
-from cagnet.errors import CagnetError
+import torch
 
-ON_NONFINITE_CHOICES = ("stop", "rollback")
+from cagnet.errors import CagnetError
 
 
 @dataclass
@@ -76,13 +75,13 @@ class NonFiniteMonitor:
                 f"the data; last checkpoint: {checkpoint}")
 
 
-def scale_learning_rates(optimizers: Optimizers, rates: dict[str, float], scale: float
-                         ) -> dict[str, float]:
+def scale_learning_rates(optimizers: dict[str, torch.optim.Optimizer], rates: dict[str, float],
+                         scale: float) -> dict[str, float]:
     """Multiply every group's learning rate (already set for this iteration) by `scale`;
     returns the scaled base rates for logging."""
     if scale == 1.0:
         return rates
-    for optimizer in optimizers.named().values():
+    for optimizer in optimizers.values():
         for group in optimizer.param_groups:
             group["lr"] *= scale
     return {name: rate * scale for name, rate in rates.items()}

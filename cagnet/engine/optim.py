@@ -20,61 +20,59 @@ from cagnet.engine.schedules import poly_lr, step_decay
 
 @dataclass
 class Optimizers:
-    """The three optimisers of CaGNet; `backbone` is None when the backbone is frozen."""
+    """The optimisers of CaGNet; `backbone` is None when the backbone is frozen, `generator`
+    when only the classifier trains (class extension)."""
 
     backbone: torch.optim.Optimizer | None
     discriminator: torch.optim.Optimizer
-    generator: torch.optim.Optimizer
+    generator: torch.optim.Optimizer | None
 
     def named(self) -> dict[str, torch.optim.Optimizer]:
-        items = {"discriminator": self.discriminator, "generator": self.generator}
-        if self.backbone is not None:
-            items["backbone"] = self.backbone
-        return items
+        items = {"discriminator": self.discriminator, "generator": self.generator,
+                 "backbone": self.backbone}
+        return {name: optimizer for name, optimizer in items.items() if optimizer is not None}
 
     def zero_grad(self) -> None:
         for optimizer in self.named().values():
             optimizer.zero_grad(set_to_none=True)
 
-    def state_dict(self) -> dict:
-        return {name: optimizer.state_dict() for name, optimizer in self.named().items()}
 
-    def load_state_dict(self, state: dict) -> None:
-        for name, optimizer in self.named().items():
-            if name in state:
-                optimizer.load_state_dict(state[name])
-
-
-def backbone_parameter_groups(model: nn.Module, optim: OptimConfig) -> list[dict]:
-    """Split the trainable parameters of `model.backbone` and `model.context` into the four
-    learning-rate groups. Any backbone without an `aspp` attribute puts everything in the trunk
-    group (pluggable backbones)."""
-    aspp = getattr(model.backbone, "aspp", None)
-    aspp_ids = {id(p) for p in aspp.parameters()} if aspp is not None else set()
-    trunk = [p for p in model.backbone.parameters() if p.requires_grad and id(p) not in aspp_ids]
-    aspp_weights = [p for p in (aspp.parameters() if aspp is not None else [])
-                    if p.requires_grad and p.ndim > 1]
-    aspp_biases = [p for p in (aspp.parameters() if aspp is not None else [])
-                   if p.requires_grad and p.ndim == 1]
-    context = [p for p in model.context.parameters() if p.requires_grad]
+def backbone_parameter_groups(backbone: nn.Module, context: nn.Module | None,
+                              optim: OptimConfig) -> list[dict]:
+    """Split the trainable parameters of `backbone` and `context` (the contextual module; None
+    for SPNet) into the four learning-rate groups. A backbone without an `aspp` attribute puts
+    everything in the trunk group."""
+    aspp = getattr(backbone, "aspp", None)
+    aspp_parameters = [p for p in aspp.parameters() if p.requires_grad] if aspp is not None \
+        else []
+    aspp_ids = {id(p) for p in aspp_parameters}
+    trunk = [p for p in backbone.parameters() if p.requires_grad and id(p) not in aspp_ids]
+    context_parameters = [p for p in context.parameters() if p.requires_grad] \
+        if context is not None else []
     groups = [
         {"params": trunk, "lr_mult": optim.lr_mult_trunk, "name": "trunk"},
-        {"params": context, "lr_mult": optim.lr_mult_context, "name": "context"},
-        {"params": aspp_weights, "lr_mult": optim.lr_mult_aspp_weight, "name": "aspp_weight"},
-        {"params": aspp_biases, "lr_mult": optim.lr_mult_aspp_bias, "name": "aspp_bias",
-         "weight_decay": 0.0},
+        {"params": context_parameters, "lr_mult": optim.lr_mult_context, "name": "context"},
+        {"params": [p for p in aspp_parameters if p.ndim > 1],
+         "lr_mult": optim.lr_mult_aspp_weight, "name": "aspp_weight"},
+        {"params": [p for p in aspp_parameters if p.ndim == 1],
+         "lr_mult": optim.lr_mult_aspp_bias, "name": "aspp_bias", "weight_decay": 0.0},
     ]
     return [group for group in groups if group["params"]]
+
+
+def backbone_optimizer(backbone: nn.Module, context: nn.Module | None,
+                       optim: OptimConfig) -> torch.optim.SGD:
+    """SGD with momentum over the backbone's learning-rate groups (method.md §3.3)."""
+    return torch.optim.SGD(backbone_parameter_groups(backbone, context, optim),
+                           lr=optim.backbone_lr, momentum=optim.backbone_momentum,
+                           weight_decay=optim.backbone_weight_decay)
 
 
 def build_optimizers(model: nn.Module, optim: OptimConfig, train_backbone: bool) -> Optimizers:
     """The optimisers for `model` (a `CaGNet`); learning rates are set per iteration by
     `set_learning_rates`."""
-    backbone = None
-    if train_backbone:
-        backbone = torch.optim.SGD(backbone_parameter_groups(model, optim), lr=optim.backbone_lr,
-                                   momentum=optim.backbone_momentum,
-                                   weight_decay=optim.backbone_weight_decay)
+    backbone = backbone_optimizer(model.backbone, model.context, optim) if train_backbone \
+        else None
     betas = (optim.adam_betas[0], optim.adam_betas[1])
     discriminator = torch.optim.Adam(model.discriminator.parameters(), lr=optim.discriminator_lr,
                                      betas=betas, weight_decay=optim.discriminator_weight_decay)

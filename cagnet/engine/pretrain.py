@@ -1,92 +1,35 @@
-"""Image-level classification pretraining of the backbone trunk (`cagnet pretrain`).
+"""Image-level classification pretraining of the backbone trunk (`cagnet pretrain`), as a
+method of the one loop (resume, stop signals, the non-finite policy, logs).
 
-The real benchmarks start from ImageNet weights, which have seen the unseen categories at image
-level (never at pixel level). The shapes benchmark reproduces that condition with its own
-pretraining corpus: single-object images of every class with image-level labels. The trunk
-(stem + res2..res5) is trained with a global-average-pool linear classifier, and the trunk
-weights are written as an init file that recipes load through `model.init`, exactly like an
-ImageNet init.
-
-Corpus layout: `<corpus>/images/<id>.jpg` and `<corpus>/labels.txt` with lines `<id> <label>`.
+The trunk (stem + res2..res5, and the ASPP with `pretrain.include_aspp`) is trained with a
+global-average-pool linear classifier on the corpus (`cagnet/datasets/corpus.py`); a tenth of
+it is held out to report accuracy. The trunk weights are then written as an init file that
+recipes load through `model.init`, exactly like an ImageNet init. Batches and augmentations
+come from one generator whose state travels in the checkpoints, so a resumed run draws what
+an uninterrupted one would.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 from pathlib import Path
-from typing import Sequence
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cagnet.datasets.images import read_image_bgr
-from cagnet.errors import DataError
+from cagnet.config import Config, config_to_dict, save_config
+from cagnet.datasets.build import resolve_path
+from cagnet.datasets.corpus import augment, read_corpus
+from cagnet.engine import loop
+from cagnet.engine.schedules import warmup_cosine_lr
+from cagnet.errors import ConfigError
 from cagnet.utils.io import atomic_torch_save
+from cagnet.utils.runtime import RunLog, apply_run_settings, resolve_device
 
 LOGGER = logging.getLogger("cagnet")
 FORMAT = "cagnet-backbone-init-v1"
-
-
-def read_corpus(corpus: str | Path, image_size: int, mean_bgr: Sequence[float]
-                ) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
-    """Load every corpus image, resized to `image_size` and mean-subtracted.
-
-    Returns images (N, 3, S, S) float32, targets (N,) int64 in 0..C-1, and the dataset label
-    of each target index.
-    """
-    corpus = Path(corpus)
-    labels_file = corpus / "labels.txt"
-    if not labels_file.is_file():
-        raise DataError(f"pretraining corpus {corpus}: missing labels.txt (lines '<id> <label>')")
-    try:
-        lines = labels_file.read_text(encoding="utf-8").split("\n")
-    except (OSError, UnicodeDecodeError) as error:
-        raise DataError(f"{labels_file} is unreadable: {error}") from None
-    entries = []
-    for line_number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        parts = line.split()
-        if len(parts) != 2 or not parts[1].lstrip("-").isascii() \
-                or not parts[1].lstrip("-").isdigit():
-            raise DataError(f"{labels_file}, line {line_number}: expected '<id> <label>', "
-                            f"got {line!r}")
-        if ".." in Path(parts[0]).parts or Path(parts[0]).is_absolute() or "\\" in parts[0] \
-                or any(ord(character) < 32 for character in parts[0]):
-            raise DataError(f"{labels_file}, line {line_number}: id {parts[0]!r} escapes the "
-                            "corpus folder or contains a control character")
-        entries.append((parts[0], int(parts[1])))
-    if not entries:
-        raise DataError(f"{labels_file} lists no images")
-    label_values = sorted({label for _, label in entries})
-    index_of = {label: index for index, label in enumerate(label_values)}
-    mean = np.asarray(mean_bgr, dtype=np.float32)
-    images = np.empty((len(entries), image_size, image_size, 3), dtype=np.float32)
-    import cv2
-
-    for row, (name, _) in enumerate(entries):
-        image = read_image_bgr(corpus / "images" / f"{name}.jpg")
-        images[row] = cv2.resize(image, (image_size, image_size),
-                                 interpolation=cv2.INTER_LINEAR).astype(np.float32) - mean
-    targets = torch.tensor([index_of[label] for _, label in entries], dtype=torch.long)
-    return torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), targets, label_values
-
-
-def augment(images: torch.Tensor, generator: torch.Generator, pad: int = 6) -> torch.Tensor:
-    """Random translation (zero padding, i.e. mean colour) and horizontal flip per image."""
-    batch, _, height, width = images.shape
-    padded = F.pad(images, (pad, pad, pad, pad))
-    offsets = torch.randint(0, 2 * pad + 1, (batch, 2), generator=generator)
-    flips = torch.rand(batch, generator=generator) < 0.5
-    out = torch.empty_like(images)
-    for index in range(batch):
-        top, left = int(offsets[index, 0]), int(offsets[index, 1])
-        crop = padded[index, :, top:top + height, left:left + width]
-        out[index] = crop.flip(-1) if flips[index] else crop
-    return out
+INIT_FILE = "backbone_init.pt"
 
 
 def swap_batchnorm(module: nn.Module, to_trainable: bool) -> nn.Module:
@@ -137,56 +80,87 @@ class TrunkClassifier(nn.Module):
         return self.head(features.mean(dim=(2, 3)))
 
 
-def pretrain_backbone(backbone: nn.Module, corpus: str | Path, out_path: str | Path, *,
-                      image_size: int, iterations: int, batch_size: int, lr: float,
-                      momentum: float, weight_decay: float, mean_bgr: Sequence[float],
-                      seed: int, device: torch.device, include_aspp: bool = True,
-                      aspp_lr_mult: float = 0.1, show_progress: bool = True) -> dict:
-    """Train `backbone` (its trunk, and its ASPP when `include_aspp`) as an image classifier
-    on `corpus` and save its weights.
+class Pretraining(loop.Method):
+    """The classifier's step on a batch drawn from the in-memory corpus."""
 
-    A tenth of the corpus is held out to report accuracy. Returns a summary dict.
-    """
-    from tqdm import tqdm
+    name = "pretrain"
 
-    images, targets, label_values = read_corpus(corpus, image_size, mean_bgr)
-    order = torch.randperm(len(targets), generator=torch.Generator().manual_seed(seed))
-    held_out = max(1, len(order) // 10)
-    test_index, train_index = order[:held_out], order[held_out:]
-    swap_batchnorm(backbone, to_trainable=True)
-    model = TrunkClassifier(backbone, len(label_values), include_aspp).to(device)
-    trunk = [p for name, p in model.named_parameters()
-             if p.requires_grad and not name.startswith("backbone.aspp")]
-    aspp = [p for p in backbone.aspp.parameters() if p.requires_grad] if include_aspp else []
-    # The ASPP sums four un-normalised branches: at the trunk's rate it diverges.
-    groups = [{"params": trunk, "lr_mult": 1.0}, {"params": aspp, "lr_mult": aspp_lr_mult}]
-    optimizer = torch.optim.SGD([g for g in groups if g["params"]], lr=lr, momentum=momentum,
-                                weight_decay=weight_decay, nesterov=True)
-    generator = torch.Generator().manual_seed(seed)
-    model.train()
-    running = []
-    for iteration in tqdm(range(iterations), disable=not show_progress, desc="pretrain"):
-        warmup = min(1.0, (iteration + 1) / max(1, iterations // 20))
-        for group in optimizer.param_groups:
-            group["lr"] = group["lr_mult"] * lr * warmup * 0.5 * (
-                1 + math.cos(math.pi * iteration / iterations))
-        batch = train_index[torch.randint(len(train_index), (batch_size,), generator=generator)]
-        inputs = augment(images[batch], generator).to(device)
-        loss = F.cross_entropy(model(inputs), targets[batch].to(device))
+    def __init__(self, config: Config, backbone: nn.Module, device: torch.device) -> None:
+        settings = self.settings = config.pretrain
+        self.run_config, self.config = config, config_to_dict(config)
+        self.seed = config.train.seed
+        self.images, self.targets, self.label_values = read_corpus(
+            resolve_path(settings.corpus, config.data.root), settings.image_size,
+            config.data.mean_bgr)
+        order = torch.randperm(len(self.targets),
+                               generator=torch.Generator().manual_seed(self.seed))
+        held_out = max(1, len(order) // 10)
+        self.test_index, self.train_index = order[:held_out], order[held_out:]
+        self.backbone, self.device = swap_batchnorm(backbone, to_trainable=True), device
+        self.model = TrunkClassifier(backbone, len(self.label_values),
+                                     settings.include_aspp).to(device)
+        trunk = [p for name, p in self.model.named_parameters()
+                 if p.requires_grad and not name.startswith("backbone.aspp")]
+        aspp = [p for p in backbone.aspp.parameters() if p.requires_grad] \
+            if settings.include_aspp else []
+        # The ASPP sums four un-normalised branches: at the trunk's rate it diverges.
+        groups = [{"params": trunk, "lr_mult": 1.0},
+                  {"params": aspp, "lr_mult": settings.aspp_lr_mult}]
+        self.optimizers = {"trunk": torch.optim.SGD(
+            [group for group in groups if group["params"]], lr=settings.lr,
+            momentum=settings.momentum, weight_decay=settings.weight_decay, nesterov=True)}
+        self.draws = torch.Generator().manual_seed(self.seed)
+        self.summary: dict = {}
+
+    def set_learning_rates(self, iteration: int) -> dict[str, float]:
+        total = self.settings.iterations
+        for group in self.optimizers["trunk"].param_groups:
+            group["lr"] = warmup_cosine_lr(group["lr_mult"] * self.settings.lr, iteration, total)
+        return {"trunk": warmup_cosine_lr(self.settings.lr, iteration, total)}
+
+    def step(self, iteration: int, batch: dict | None) -> dict[str, float]:
+        self.model.train()
+        picks = self.train_index[torch.randint(len(self.train_index),
+                                               (self.settings.batch_size,),
+                                               generator=self.draws)]
+        inputs = augment(self.images[picks], self.draws).to(self.device)
+        loss = F.cross_entropy(self.model(inputs), self.targets[picks].to(self.device))
+        optimizer = self.optimizers["trunk"]
         optimizer.zero_grad(set_to_none=True)
+        value = float(loss.detach())
+        if not torch.isfinite(loss):
+            return {"cls": value, "skipped": 1.0}
         loss.backward()
         optimizer.step()
-        running.append(float(loss.detach()))
-    accuracy = evaluate_accuracy(model, images[test_index], targets[test_index], device)
-    swap_batchnorm(backbone, to_trainable=False)
-    state = {key: value.detach().cpu() for key, value in backbone.state_dict().items()
-             if include_aspp or not key.startswith("aspp.")}
-    summary = {"held_out_accuracy": accuracy, "final_loss": float(np.mean(running[-20:])),
-               "num_images": len(targets), "num_classes": len(label_values)}
-    atomic_torch_save(out_path, {"format": FORMAT, "backbone": state, "summary": summary,
-                                 "label_values": label_values})
-    LOGGER.info("pretrained trunk: held-out accuracy %.3f, saved %s", accuracy, out_path)
-    return summary
+        return {"cls": value, "skipped": 0.0}
+
+    def extra_state(self) -> dict:
+        return {"draws": self.draws.get_state()}
+
+    def load_extra_state(self, extra: dict) -> None:
+        self.draws.set_state(extra["draws"])
+
+    def write_run_files(self, run_dir: Path) -> None:
+        save_config(self.run_config, run_dir / "config.yaml")
+
+    def evaluate(self, report_dir: Path | None, log: RunLog) -> dict:
+        accuracy = evaluate_accuracy(self.model, self.images[self.test_index],
+                                     self.targets[self.test_index], self.device)
+        self.summary = {"held_out_accuracy": accuracy, "num_images": len(self.targets),
+                        "num_classes": len(self.label_values)}
+        return {"held_out_accuracy": accuracy}
+
+    def finish(self, run_dir: Path | None) -> None:
+        """Write the trunk (frozen BatchNorm again) as `<run_dir>/backbone_init.pt`."""
+        swap_batchnorm(self.backbone, to_trainable=False)
+        state = {key: value.detach().cpu() for key, value in self.backbone.state_dict().items()
+                 if self.settings.include_aspp or not key.startswith("aspp.")}
+        if run_dir is not None:
+            atomic_torch_save(run_dir / INIT_FILE, {"format": FORMAT, "backbone": state,
+                                                    "summary": self.summary,
+                                                    "label_values": self.label_values})
+            LOGGER.info("pretrained trunk: held-out accuracy %.3f, saved %s",
+                        self.summary["held_out_accuracy"], run_dir / INIT_FILE)
 
 
 @torch.no_grad()
@@ -199,3 +173,47 @@ def evaluate_accuracy(model: nn.Module, images: torch.Tensor, targets: torch.Ten
         correct += int((logits.argmax(1).cpu() == targets[start:start + batch_size]).sum())
     model.train()
     return correct / max(1, len(targets))
+
+
+def pretrain(config: Config, run_dir: str | Path, *, resume: bool = False,
+             overwrite: bool = False, show_progress: bool = True) -> dict:
+    """`cagnet pretrain`: build the configured backbone (its ASPP sized to the embedding file's
+    dimension), pretrain it on `config.pretrain.corpus` into `run_dir` and write
+    `<run_dir>/backbone_init.pt`; returns the summary (held-out accuracy, counts)."""
+    from cagnet.class_embeddings import load_class_embeddings
+    from cagnet.models.build import build_backbone
+
+    if not config.pretrain.corpus:
+        raise ConfigError("pretrain.corpus: no corpus folder configured")
+    embed_dim = 8
+    if config.pretrain.include_aspp:
+        matrix, _ = load_class_embeddings(resolve_path(config.embeddings.path, config.data.root))
+        embed_dim = matrix.shape[1]
+    apply_run_settings(config.train.threads, config.train.seed, config.train.deterministic)
+    device = resolve_device(config.train.device)
+    backbone = build_backbone(config.model, embed_dim)  # initial weights drawn after seeding
+    method = Pretraining(config, backbone, device)
+    settings = loop.LoopSettings.from_train(config.train, config.pretrain.iterations)
+    loop.run(method, settings, run_dir, resume=resume, overwrite=overwrite,
+             show_progress=show_progress)
+    return method.summary
+
+
+def pretrained_init(config: Config, run_dir: Path, show_progress: bool = True) -> Path:
+    """The init file of `pretrain(config)` in `run_dir`, trained once and reused while the
+    settings it depends on (model, embeddings, pretraining, seed) are unchanged."""
+    import json
+
+    from cagnet.utils.io import atomic_write_json
+
+    values = config_to_dict(config)
+    signature = {"model": values["model"], "embeddings": config.embeddings.path,
+                 "pretrain": values["pretrain"], "seed": config.train.seed}
+    path, signature_file = run_dir / INIT_FILE, run_dir / "settings.json"
+    if path.is_file() and signature_file.is_file() \
+            and json.loads(signature_file.read_text()) == signature:
+        LOGGER.info("reusing the pretrained backbone %s", path)
+        return path
+    pretrain(config, run_dir, overwrite=True, show_progress=show_progress)
+    atomic_write_json(signature_file, signature)
+    return path

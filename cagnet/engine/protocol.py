@@ -8,22 +8,31 @@ the embedding file with its sha256 and its sources, and the split.
 
 from __future__ import annotations
 
-from pathlib import Path
 
-from cagnet.builders import Benchmark, resolve_path
+from cagnet.class_embeddings import read_sidecar, sha256_file
 from cagnet.config import Config
-from cagnet.engine.evaluate import describe_protocol
-from cagnet.utils.io import atomic_write_json
+from cagnet.datasets.build import resolve_path
+from cagnet.datasets.splits import ClassSplit
 
 BACKGROUND_NAMES = ("background", "unlabel", "unlabeled", "unlabelled", "_background_")
+PROTOCOL_DESCRIPTIONS = {
+    "full": "image warped to {warp}x{warp}; logits bilinearly upsampled to each label's original "
+            "resolution",
+    "original": "image warped to {warp}x{warp}; labels nearest-resized to {warp}x{warp} then "
+                "nearest-downsampled to the stride-8 feature grid (original CaGNet protocol)",
+}
 EVALUATION_RESOLUTION = {
     "full": "the label's original resolution (logits bilinearly upsampled)",
     "original": "the stride-8 feature grid of the warped image (labels nearest-downsampled)",
 }
 
 
-def _background(config: Config, benchmark: Benchmark) -> str:
-    split = benchmark.split
+def describe_protocol(protocol: str, warp_size: int) -> str:
+    """One sentence on how predictions meet labels under `eval.protocol`."""
+    return PROTOCOL_DESCRIPTIONS[protocol].format(warp=warp_size)
+
+
+def _background(split: ClassSplit) -> str:
     if split.class_names[0].lower() not in BACKGROUND_NAMES:
         return "no background class: only void (255) is ignored"
     if 0 in split.seen_ids:
@@ -43,18 +52,15 @@ def _unseen_training_pixels(config: Config) -> str:
     return "kept images; their unseen-class pixels are " + rule
 
 
-def protocol_card(config: Config, benchmark: Benchmark) -> dict:
+def protocol_card(config: Config, split: ClassSplit, embedding_dim: int) -> dict:
     """The card as a JSON-ready dict (see the module docstring)."""
-    from cagnet.class_embeddings import sha256_file
-
-    split = benchmark.split
-    sources = benchmark.embedding_metadata.get("sources", [])
-    path = Path(benchmark.embedding_path)
+    path = resolve_path(config.embeddings.path, config.data.root)
+    sources = read_sidecar(path).get("sources", []) if path.is_file() else []
     return {
         "setting": "generalized zero-shot, inductive (unseen classes never labelled in training "
                    "and their test images never seen; every seen and unseen class is a candidate "
                    "at test time)",
-        "background": _background(config, benchmark),
+        "background": _background(split),
         "unseen_training_pixels": _unseen_training_pixels(config),
         "evaluation": describe_protocol(config.eval.protocol, config.eval.warp_size),
         "evaluation_resolution": EVALUATION_RESOLUTION.get(config.eval.protocol,
@@ -68,15 +74,10 @@ def protocol_card(config: Config, benchmark: Benchmark) -> dict:
         "split_file": str(resolve_path(config.data.split, config.data.root)),
         "embeddings": str(path),
         "embedding_sha256": sha256_file(path) if path.is_file() else None,
-        "embedding_dim": int(benchmark.class_embeddings.shape[1]),
+        "embedding_dim": int(embedding_dim),
         "embedding_sources": [{"kind": s.get("kind"), "sha256": s.get("sha256")}
                               for s in sources if isinstance(s, dict)],
         "seen_classes": [split.class_names[i] for i in split.seen_ids],
         "unseen_classes": [split.class_names[i] for i in split.unseen_ids],
         "validation_classes": [split.class_names[i] for i in split.validation_ids],
     }
-
-
-def write_protocol_card(run_dir: str | Path, config: Config, benchmark: Benchmark) -> Path:
-    """Write `<run_dir>/protocol.json` atomically."""
-    return atomic_write_json(Path(run_dir) / "protocol.json", protocol_card(config, benchmark))

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import torch
 
-from cagnet.engine.optim import Optimizers
 from cagnet.errors import CagnetError, DataError
 from cagnet.utils.io import atomic_write_json, atomic_write_text
 from cagnet.utils.runtime import RunLog
@@ -70,13 +69,14 @@ def warn_config_changes(stored: dict, current: dict, path: Path, prefix: str = "
                            key, new, old)
 
 
-def estimate_checkpoint_bytes(model: torch.nn.Module, optimizers: Optimizers) -> int:
+def estimate_checkpoint_bytes(model: torch.nn.Module,
+                              optimizers: dict[str, torch.optim.Optimizer]) -> int:
     """An upper estimate of one checkpoint's size: the model's state plus the optimisers' state
     (Adam keeps two tensors per parameter, SGD with momentum one), plus 1 MiB of metadata."""
     model_bytes = sum(value.numel() * value.element_size()
                       for value in model.state_dict().values())
     state_bytes = 0
-    for optimizer in optimizers.named().values():
+    for optimizer in optimizers.values():
         copies = 2 if isinstance(optimizer, (torch.optim.Adam, torch.optim.AdamW)) else 1
         for group in optimizer.param_groups:
             state_bytes += copies * sum(p.numel() * p.element_size() for p in group["params"])

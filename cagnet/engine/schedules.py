@@ -3,6 +3,8 @@ iteration number, so that resuming needs only the iteration and each can be unit
 
 from __future__ import annotations
 
+import math
+
 
 def poly_lr(base_lr: float, iteration: int, total_iterations: int, power: float = 0.9,
             refresh: int = 10) -> float:
@@ -13,6 +15,13 @@ def poly_lr(base_lr: float, iteration: int, total_iterations: int, power: float 
     step = (iteration // refresh) * refresh
     remaining = max(0.0, 1.0 - step / total_iterations)
     return base_lr * remaining ** power
+
+
+def warmup_cosine_lr(base_lr: float, iteration: int, total_iterations: int) -> float:
+    """Linear warm-up over the first 5 % of the run, then cosine decay to 0 (the image-level
+    pretraining schedule)."""
+    warmup = min(1.0, (iteration + 1) / max(1, total_iterations // 20))
+    return base_lr * warmup * 0.5 * (1 + math.cos(math.pi * iteration / total_iterations))
 
 
 def step_decay(iteration: int, start: int, step: int, gamma: float) -> float:

@@ -36,6 +36,9 @@ rank sees the same Inf/NaN and the scaler stays identical everywhere).
 
 from __future__ import annotations
 
+import contextlib
+import math
+from dataclasses import dataclass
 from typing import Callable, ContextManager
 
 import torch
@@ -49,12 +52,36 @@ IGNORE_INDEX = 255
 Update = tuple[torch.optim.Optimizer, list[torch.nn.Parameter]]
 
 
+@dataclass
+class StepContext:
+    """How a step runs: the device, a zero-argument factory of the forward's autocast context,
+    the run's GradScaler (fp16; None = a pass-through) and the collectives of a multi-process
+    run (`LOCAL` in a single process)."""
+
+    device: torch.device
+    autocast: Callable[[], ContextManager] = contextlib.nullcontext
+    scaler: torch.amp.GradScaler | None = None
+    sync: BatchSync = LOCAL
+
+    def __post_init__(self) -> None:
+        if self.scaler is None:
+            self.scaler = torch.amp.GradScaler(self.device.type, enabled=False)
+
+
+@dataclass
+class LabelDraw:
+    """What a step-2 iteration generates from: `batch_size` (the GLOBAL batch) label maps of
+    `grid_size` (h, w), per-pixel classes over seen + unseen with weight 1 per seen and
+    1 + `unseen_rate` per unseen class, drawn (with the latents) from `generator`."""
+
+    batch_size: int
+    grid_size: tuple[int, int]
+    unseen_rate: float
+    generator: torch.Generator
+
+
 def _trainable(module: torch.nn.Module) -> list[torch.nn.Parameter]:
     return [parameter for parameter in module.parameters() if parameter.requires_grad]
-
-
-def _passthrough_scaler(device: torch.device) -> torch.amp.GradScaler:
-    return torch.amp.GradScaler(device.type, enabled=False)
 
 
 def _backward(total: torch.Tensor, parameters: list[torch.nn.Parameter], retain: bool,
@@ -88,15 +115,13 @@ def _as_floats(values: dict[str, torch.Tensor]) -> tuple[dict[str, float], bool]
         return {}, True
     stacked = torch.stack([value.detach().float().reshape(()) for value in values.values()])
     numbers = stacked.tolist()
-    finite = all(number == number and abs(number) != float("inf") for number in numbers)
+    finite = all(math.isfinite(number) for number in numbers)
     return dict(zip(values, numbers)), finite
 
 
 def feature_generation_step(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,
-                            optimizers: Optimizers, loss: LossConfig, train_backbone: bool,
-                            autocast: Callable[[], ContextManager],
-                            scaler: torch.amp.GradScaler | None = None,
-                            sync: BatchSync = LOCAL) -> dict[str, float]:
+                            optimizers: Optimizers, loss: LossConfig, context: StepContext,
+                            train_backbone: bool = True) -> dict[str, float]:
     """One step-1 iteration.
 
     Args:
@@ -105,18 +130,16 @@ def feature_generation_step(model: torch.nn.Module, images: torch.Tensor, labels
         labels: (b, H, W) int64 training labels: seen classes 0..S-1, everything else 255.
         optimizers: the optimisers; `optimizers.backbone` is used only when `train_backbone`.
         loss: kinds and coefficients.
+        context: device, autocast, GradScaler and collectives.
         train_backbone: False in the finetune phase (backbone frozen, run without a graph).
-        autocast: a zero-argument factory of the forward's autocast context.
-        scaler: the run's GradScaler (fp16); None for a pass-through.
-        sync: the collectives of a multi-process run; `LOCAL` in a single process.
 
     Returns:
         Every raw loss term of the global batch as a float, plus `skipped` = 1.0 when a
         non-finite term made the step skip its update (the weights are then unchanged).
     """
-    scaler = scaler or _passthrough_scaler(images.device)
+    scaler, sync = context.scaler, context.sync
     optimizers.zero_grad()
-    with autocast():
+    with context.autocast():
         with torch.set_grad_enabled(train_backbone):
             output = model.multi_scale_features(images, sample_latent=True)
         grid_labels = losses.resize_labels(labels, output.scale1.feature.shape[-2:])
@@ -131,7 +154,7 @@ def feature_generation_step(model: torch.nn.Module, images: torch.Tensor, labels
         "loss_discriminator": loss.discriminator_adversarial * terms["gan_d"]
         + loss.discriminator_cls_real * terms["cls_real"]
         + loss.discriminator_cls_fake * terms.get("cls_fake", zero)
-        + terms.get("gradient_penalty", zero),
+        + loss.gradient_penalty * terms.get("gradient_penalty", zero),
         "loss_generator": loss.generator_adversarial * terms["gan_g"]
         + loss.generator_content * terms["content"]
         + loss.generator_cls_fake * terms.get("cls_fake", zero),
@@ -188,7 +211,7 @@ def _step1_terms(model: torch.nn.Module, output, real_outputs: list, fake: torch
             gather(fake_output.class_logits).float(), all_grid_labels)
     if loss.adversarial == "wgan_gp":
         local_valid = grid_labels != IGNORE_INDEX
-        penalty = _wgan_gradient_penalty(model, output.scale1.feature, fake, local_valid, loss)
+        penalty = _wgan_gradient_penalty(model, output.scale1.feature, fake, local_valid)
         terms["gradient_penalty"] = sync.mean_share(penalty, int(local_valid.sum()))
     if train_backbone:
         terms["kl"] = losses.kl_divergence(gather(output.scale1.latent_mean).float(),
@@ -197,8 +220,9 @@ def _step1_terms(model: torch.nn.Module, output, real_outputs: list, fake: torch
 
 
 def _wgan_gradient_penalty(model: torch.nn.Module, real: torch.Tensor, fake: torch.Tensor,
-                           valid: torch.Tensor, loss: LossConfig) -> torch.Tensor:
-    """WGAN-GP penalty on valid pixels; the critic is the discriminator's adversarial head."""
+                           valid: torch.Tensor) -> torch.Tensor:
+    """Unweighted WGAN-GP penalty on valid pixels; the critic is the discriminator's
+    adversarial head."""
     real_pixels = real.detach().permute(0, 2, 3, 1)[valid].float()
     fake_pixels = fake.detach().permute(0, 2, 3, 1)[valid].float()
     if real_pixels.shape[0] == 0:
@@ -209,7 +233,7 @@ def _wgan_gradient_penalty(model: torch.nn.Module, real: torch.Tensor, fake: tor
         maps = pixels[:, :, None, None]
         return discriminator.adversarial_logit(discriminator.trunk(maps)).flatten()
 
-    return losses.gradient_penalty(critic, real_pixels, fake_pixels, weight=loss.gradient_penalty)
+    return losses.gradient_penalty(critic, real_pixels, fake_pixels)
 
 
 def sample_step2_labels(batch_size: int, height: int, width: int, num_seen: int, num_unseen: int,
@@ -235,33 +259,24 @@ def _latent_noise(shape: tuple[int, ...], generator: torch.Generator,
     return torch.randn(shape, generator=device_generator, device=device)
 
 
-def classifier_step(model: torch.nn.Module, batch_size: int, grid_size: tuple[int, int],
-                    optimizers: Optimizers, loss: LossConfig, unseen_rate: float,
-                    generator: torch.Generator, device: torch.device,
-                    autocast: Callable[[], ContextManager],
-                    scaler: torch.amp.GradScaler | None = None,
-                    sync: BatchSync = LOCAL) -> dict[str, float]:
+def classifier_step(model: torch.nn.Module, optimizers: Optimizers, loss: LossConfig,
+                    draw: LabelDraw, context: StepContext) -> dict[str, float]:
     """One step-2 iteration: generated features of seen + unseen classes train the classifier
     (discriminator trunk + cls head); the generator only trains when its step-2 coefficient is
-    non-zero (COCO). No image and no backbone are involved.
-
-    Args:
-        batch_size: the GLOBAL batch B; every rank draws the same (B, h, w) labels and
-            (B, E, h, w) latents from `generator` (seeded identically) and generates its slice.
-        grid_size: (h, w), the feature grid of a training crop.
-        scaler, sync: as in `feature_generation_step`.
-    """
-    scaler = scaler or _passthrough_scaler(device)
+    non-zero (COCO). No image and no backbone are involved. Every rank draws the same
+    (B, h, w) labels and (B, E, h, w) latents (its generator is seeded identically) and
+    generates its slice."""
+    scaler, sync, device = context.scaler, context.sync, context.device
     optimizers.zero_grad()
-    height, width = grid_size
-    all_labels = sample_step2_labels(batch_size, height, width, model.num_seen,
-                                     model.num_unseen, unseen_rate, generator)
-    noise = _latent_noise((batch_size, model.class_embeddings.shape[1], height, width),
-                          generator, device)
+    height, width = draw.grid_size
+    all_labels = sample_step2_labels(draw.batch_size, height, width, model.num_seen,
+                                     model.num_unseen, draw.unseen_rate, draw.generator)
+    noise = _latent_noise((draw.batch_size, model.class_embeddings.shape[1], height, width),
+                          draw.generator, device)
     labels = sync.local_part(all_labels).to(device)
     noise = sync.local_part(noise).to(device)
     train_generator = loss.step2_generator_cls_fake != 0
-    with autocast():
+    with context.autocast():
         with torch.set_grad_enabled(train_generator):
             fake = model.generate(labels, noise)
         logits = model.discriminator(fake).class_logits

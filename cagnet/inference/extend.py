@@ -21,22 +21,36 @@ time is therefore one more unseen class, as soon as it has an embedding in the s
    run: the trunk is shared with the adversarial head and was trained on real features, and
    training it on generated features alone would drift away from them.
 
-`cagnet.inference.extend_checkpoint` applies this to checkpoint files (`cagnet extend`); `cagnet predict
---add-classes` applies it in memory.
+The finetuning is a method of the one training loop (`ClassifierExtension`, no run folder).
+`extend_checkpoint` applies all this to checkpoint files (`cagnet extend`), optionally putting
+the classes in the order of a split file (`cagnet eval` needs the checkpoint's classes in the
+order of the split it evaluates with; rows of the embeddings and the classifier move together,
+which changes no prediction); `cagnet predict --add-classes` extends in memory.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Sequence
 
 import torch
+import yaml
 from torch import nn
 
-from cagnet.config import LossConfig
+from cagnet.class_embeddings import build_class_embeddings, load_class_embeddings
+from cagnet.config import LossConfig, config_to_dict
+from cagnet.engine import loop
+from cagnet.engine.checkpoint import LoadedModel, load_checkpoint, model_from_checkpoint, \
+    save_checkpoint
+from cagnet.engine.optim import Optimizers
+from cagnet.engine.schedules import iteration_seed
+from cagnet.engine.steps import LabelDraw, StepContext, classifier_step
 from cagnet.errors import CagnetError, EmbeddingError
+from cagnet.utils.io import atomic_write_text
 
 LOGGER = logging.getLogger("cagnet")
 
@@ -80,8 +94,6 @@ def new_class_embeddings(names: Sequence[str], embed_dim: int,
             then word2vec).
         embeddings_file: alternatively, a `.npy` with one row per new name (in order).
     """
-    from cagnet.class_embeddings import build_class_embeddings, load_class_embeddings
-
     if bool(word_vectors) == bool(embeddings_file):
         raise CagnetError("give the new classes' embeddings either as --word-vectors (the "
                           "word-vector files the model's classes were embedded with) or as "
@@ -133,54 +145,65 @@ def add_unseen_classes(model: nn.Module, rows: torch.Tensor) -> None:
     grow_classifier(model.discriminator, rows.shape[0])
 
 
-def finetune_classifier(model: nn.Module, grid_size: tuple[int, int], batch_size: int,
-                        unseen_rate: float, settings: ExtensionSettings,
-                        device: torch.device) -> list[float]:
-    """Train only `model.discriminator.classifier` on generated features of every class.
+class ClassifierExtension(loop.Method):
+    """Train only `model.discriminator.classifier` on generated features of every class, as
+    step-2 iterations draw them; every other parameter keeps its value (and its
+    `requires_grad` flag is restored by `finish`)."""
 
-    Returns the step-2 classification loss of every iteration. Every other parameter keeps
-    its value (and its `requires_grad` flag is restored afterwards).
-    """
-    from cagnet.engine.optim import Optimizers
-    from cagnet.engine.schedules import iteration_seed
-    from cagnet.engine.steps import classifier_step
-    from cagnet.utils.runtime import autocast_factory
+    name = "extend"
 
-    flags = {parameter: parameter.requires_grad for parameter in model.parameters()}
-    model.requires_grad_(False)
-    head = model.discriminator.classifier
-    head.requires_grad_(True)
-    optimizers = Optimizers(
-        backbone=None,
-        discriminator=torch.optim.Adam(head.parameters(), lr=settings.lr),
-        # never stepped: the step-2 generator coefficient below is 0
-        generator=torch.optim.SGD(model.generator.parameters(), lr=0.0))
-    loss = dataclasses.replace(LossConfig(), step2_discriminator_cls_fake=1.0,
-                               step2_generator_cls_fake=0.0)
-    autocast = autocast_factory(device, "none")
-    losses = []
-    try:
-        model.train()  # dropout in generator and trunk, as in a step-2 iteration
-        for iteration in range(settings.iterations):
-            seed = iteration_seed(settings.seed, iteration)
-            torch.manual_seed(seed)
-            terms = classifier_step(model, batch_size, grid_size, optimizers, loss, unseen_rate,
-                                    torch.Generator().manual_seed(seed), device, autocast)
-            losses.append(terms["step2_cls_fake"])
-    finally:
-        for parameter, flag in flags.items():
+    def __init__(self, model: nn.Module, draw: LabelDraw, settings: ExtensionSettings,
+                 device: torch.device) -> None:
+        self.model, self.draw, self.settings = model, draw, settings
+        self.context = StepContext(device)
+        self.flags = {parameter: parameter.requires_grad for parameter in model.parameters()}
+        model.requires_grad_(False)
+        head = model.discriminator.classifier
+        head.requires_grad_(True)
+        self.optimizers = {"classifier": torch.optim.Adam(head.parameters(), lr=settings.lr)}
+        self.cagnet_optimizers = Optimizers(None, self.optimizers["classifier"], None)
+        self.loss = dataclasses.replace(LossConfig(), step2_discriminator_cls_fake=1.0,
+                                        step2_generator_cls_fake=0.0)
+        self.losses: list[float] = []
+
+    def step(self, iteration: int, batch: dict | None) -> dict[str, float]:
+        self.model.train()  # dropout in generator and trunk, as in a step-2 iteration
+        self.draw.generator.manual_seed(iteration_seed(self.settings.seed, iteration))
+        terms = classifier_step(self.model, self.cagnet_optimizers, self.loss, self.draw,
+                                self.context)
+        self.losses.append(terms["step2_cls_fake"])
+        return terms
+
+    def finish(self, run_dir: Path | None) -> None:
+        for parameter, flag in self.flags.items():
             parameter.requires_grad_(flag)
-        model.eval()
-    return losses
+        self.model.eval()
+
+
+def finetune_classifier(model: nn.Module, grid_size: tuple[int, int], batch_size: int,
+                        unseen_rate: float, settings: ExtensionSettings, device: torch.device,
+                        show_progress: bool = False) -> list[float]:
+    """Run `ClassifierExtension` for `settings.iterations`; returns the step-2 classification
+    loss of every iteration."""
+    method = ClassifierExtension(model, LabelDraw(batch_size, grid_size, unseen_rate,
+                                                  torch.Generator()), settings, device)
+    try:
+        iterations = max(1, settings.iterations)
+        loop.run(method, loop.LoopSettings(settings.iterations, settings.seed, iterations,
+                                           iterations), None, show_progress=show_progress)
+    finally:
+        method.finish(None)
+    return method.losses
 
 
 def extend_model(model: nn.Module, rows: torch.Tensor, grid_size: tuple[int, int],
                  batch_size: int, unseen_rate: float, settings: ExtensionSettings,
-                 device: torch.device) -> dict:
+                 device: torch.device, show_progress: bool = False) -> dict:
     """Add the classes (see the module docstring) and finetune; returns a summary."""
     num_before = model.num_classes
     add_unseen_classes(model, rows.to(device))
-    losses = finetune_classifier(model, grid_size, batch_size, unseen_rate, settings, device)
+    losses = finetune_classifier(model, grid_size, batch_size, unseen_rate, settings, device,
+                                 show_progress)
     tail = losses[-max(1, len(losses) // 10):] if losses else [float("nan")]
     summary = {"classes_before": num_before, "classes_after": model.num_classes,
                "grid_size": list(grid_size), "batch_size": batch_size,
@@ -196,10 +219,8 @@ def extend_model(model: nn.Module, rows: torch.Tensor, grid_size: tuple[int, int
 def _check_same_sources(config, metadata: dict) -> None:
     """Warn when the new rows' word-vector files (by sha256) differ from those recorded in the
     sidecar of the embedding file the model was trained with (when it can still be found)."""
-    import json
-
-    from cagnet.builders import resolve_path
     from cagnet.class_embeddings import sidecar_path
+    from cagnet.datasets.build import resolve_path
 
     sidecar = sidecar_path(resolve_path(config.embeddings.path, config.data.root))
     try:
@@ -218,31 +239,109 @@ def _check_same_sources(config, metadata: dict) -> None:
                        [h[:12] for h in new if h], [h[:12] for h in old if h], sidecar)
 
 
-def extend_inference_model(inference, names: Sequence[str],
-                           word_vectors: Sequence[tuple[str, str]] = (),
-                           embeddings_file: str | None = None,
-                           settings: ExtensionSettings | None = None) -> dict:
-    """Extend an `InferenceModel` (cagnet.inference) in memory; returns a summary with the
-    embedding provenance. The grid is the model's feature grid of a training crop."""
+def extend_loaded_model(loaded: LoadedModel, names: Sequence[str],
+                        word_vectors: Sequence[tuple[str, str]] = (),
+                        embeddings_file: str | None = None,
+                        settings: ExtensionSettings | None = None,
+                        show_progress: bool = False) -> dict:
+    """Extend a loaded checkpoint's model in memory (its class list grows too); returns a
+    summary with the embedding provenance. The grid is the feature grid of a training crop."""
     settings = settings or ExtensionSettings()
-    config = inference.config
+    config, model = loaded.config, loaded.model
     if config.baseline.method != "cagnet":
         raise CagnetError(f"extending a {config.baseline.method} model: new classes are learnt "
                           "from CaGNet's feature generator, so only cagnet checkpoints "
                           "(baseline.method: cagnet) can be extended")
-    rows, metadata = new_class_embeddings(names, inference.model.class_embeddings.shape[1],
+    rows, metadata = new_class_embeddings(names, model.class_embeddings.shape[1],
                                           word_vectors, embeddings_file)
     _check_same_sources(config, metadata)
-    model = inference.model
     grid = tuple(model.feature_size(config.data.crop_size, config.data.crop_size))
     summary = extend_model(
         model, rows, grid, settings.batch_size or config.train.batch_size,
         config.train.gen_unseen_rate if settings.unseen_rate is None else settings.unseen_rate,
-        settings, inference.device)
-    inference.class_names = inference.class_names + list(names)
-    inference.added_classes = inference.added_classes + list(names)
+        settings, loaded.device, show_progress)
+    loaded.class_names = loaded.class_names + list(names)
+    loaded.added_classes = loaded.added_classes + list(names)
     sources = [{key: source.get(key) for key in ("kind", "path", "sha256", "dim")}
                for source in metadata.get("sources") or [] if isinstance(source, dict)]
     return {**summary, "added_classes": list(names),
             "embedding": {"file": embeddings_file, "sources": sources,
                           "rule": metadata.get("rule")}}
+
+
+def read_class_order(path: str | Path) -> tuple[list[str], list[str]]:
+    """(seen, unseen) class names of a split file, in file order (names, not ids)."""
+    try:
+        content = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
+        raise CagnetError(f"--class-order {path}: unreadable split file ({error})") from None
+    lists = [content.get(key) if isinstance(content, dict) else None
+             for key in ("seen", "unseen")]
+    if not all(isinstance(names, list) and all(isinstance(n, str) for n in names)
+               for names in lists):
+        raise CagnetError(f"--class-order {path}: expected 'seen' and 'unseen' lists of class "
+                          "names")
+    return lists[0], lists[1]
+
+
+def reorder_classes(model: torch.nn.Module, class_names: Sequence[str], num_seen: int,
+                    seen: Sequence[str], unseen: Sequence[str]) -> list[str]:
+    """Permute the model's classes into `seen + unseen` (in place); returns the new names.
+
+    The seen classes must stay the model's seen classes and unseen its unseen ones; class
+    embedding rows and classifier rows move together (the extra logit stays last).
+    """
+    order = list(seen) + list(unseen)
+    if set(seen) != set(class_names[:num_seen]) or sorted(order) != sorted(class_names):
+        raise CagnetError(f"--class-order: the split lists seen {list(seen)} and unseen "
+                          f"{list(unseen)}, but the extended model has seen "
+                          f"{list(class_names[:num_seen])} and unseen "
+                          f"{list(class_names[num_seen:])}: expected the same classes")
+    index = torch.tensor([list(class_names).index(name) for name in order],
+                         device=model.class_embeddings.device)
+    model.class_embeddings = model.class_embeddings[index].clone()
+    head = model.discriminator.classifier
+    with torch.no_grad():
+        head.weight[:len(order)] = head.weight[:len(order)][index].clone()
+        head.bias[:len(order)] = head.bias[:len(order)][index].clone()
+    return order
+
+
+def extend_checkpoint(checkpoint: str, out: str, names_text: str,
+                      word_vectors: Sequence[tuple[str, str]] = (),
+                      embeddings_file: str | None = None,
+                      settings: ExtensionSettings | None = None,
+                      device: torch.device | None = None,
+                      class_order: str | None = None) -> dict:
+    """Write `out` (a checkpoint over the old + new classes) and `<out stem>.split.yaml` (its
+    class order: seen, then unseen; added classes last unless `class_order` names a split
+    file to follow). The stored config's `data.split` points to that file, so `cagnet eval`
+    works unchanged on a dataset whose class-name file names the new classes; the previous
+    split is kept in `extra.extension.base_split`. Returns the summary."""
+    state = load_checkpoint(checkpoint)
+    loaded = model_from_checkpoint(state, checkpoint)
+    loaded.model.to(device or torch.device("cpu"))
+    names = parse_class_list(names_text, state["class_names"])
+    previous = (state.get("extra") or {}).get("extension") or {}
+    summary = extend_loaded_model(loaded, names, word_vectors, embeddings_file, settings,
+                                  show_progress=True)
+    if class_order:
+        loaded.class_names = reorder_classes(loaded.model, loaded.class_names,
+                                             loaded.num_seen, *read_class_order(class_order))
+    out = Path(out)
+    split_path = out.with_name(out.stem + ".split.yaml").resolve()
+    seen, unseen = loaded.class_names[:loaded.num_seen], loaded.class_names[loaded.num_seen:]
+    atomic_write_text(split_path, f"# written by cagnet extend: the class order of {out.name}\n"
+                      f"seen: {json.dumps(seen)}\nunseen: {json.dumps(unseen)}\n")
+    config = loaded.config
+    summary.update(base_checkpoint=str(checkpoint),
+                   base_split=previous.get("base_split", config.data.split),
+                   added_classes=loaded.added_classes, split_file=str(split_path),
+                   added_now=list(names), class_order=class_order)
+    config.data.split = str(split_path)
+    save_checkpoint(out, model=loaded.model, iteration=state["iteration"],
+                    config=config_to_dict(config), class_names=loaded.class_names,
+                    num_seen=loaded.num_seen,
+                    extra={"extension": summary, "base_extra_scores":
+                           (state.get("extra") or {}).get("scores", {})})
+    return summary

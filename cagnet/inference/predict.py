@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from cagnet.datasets.images import read_image_bgr
 from cagnet.datasets.transforms import EvalTransform
 from cagnet.errors import DataError
-from cagnet.inference.model import InferenceModel
+from cagnet.engine.checkpoint import LoadedModel
 from cagnet.utils.io import atomic_write_bytes, atomic_write_json
 from cagnet.report.pictures import (class_colours, label_png_bytes, legend_entries, legend_image,
                               overlay, side_by_side, write_png)
@@ -93,27 +93,27 @@ def upsampled_argmax(logits: torch.Tensor, size: tuple[int, int],
 
 
 @torch.no_grad()
-def predict_image(inference: InferenceModel, image_bgr: np.ndarray
+def predict_image(loaded: LoadedModel, image_bgr: np.ndarray
                   ) -> tuple[np.ndarray, np.ndarray]:
     """image (H, W, 3) BGR uint8 -> (prediction (H, W) int64 model classes, grid logits
     (K, h, w) float32)."""
-    config = inference.config
+    config = loaded.config
     transform = EvalTransform(tuple(config.data.mean_bgr), config.eval.warp_size)
     warped, _ = transform(image_bgr, np.zeros(image_bgr.shape[:2], dtype=np.uint8))
-    batch = torch.from_numpy(warped)[None].to(inference.device)
-    inference.model.eval()
-    logits = inference.model.segment(batch)[0].float()
+    batch = torch.from_numpy(warped)[None].to(loaded.device)
+    loaded.model.eval()
+    logits = loaded.model.segment(batch)[0].float()
     prediction = upsampled_argmax(logits, image_bgr.shape[:2])
     return prediction.cpu().numpy(), logits.cpu().numpy()
 
 
 def write_outputs(out_dir: Path, name: str, image_bgr: np.ndarray, prediction: np.ndarray,
-                  logits: np.ndarray, inference: InferenceModel, save_logits: bool = False,
+                  logits: np.ndarray, loaded: LoadedModel, save_logits: bool = False,
                   panel: bool = False, alpha: float = 0.5) -> dict:
     """Write one image's outputs; returns its record for `predictions.json`."""
-    num_classes = len(inference.class_names)
+    num_classes = len(loaded.class_names)
     colours = class_colours(num_classes)
-    entries = legend_entries(prediction, inference.class_names, inference.tags, colours)
+    entries = legend_entries(prediction, loaded.class_names, loaded.tags, colours)
     blended = overlay(image_bgr, prediction, colours, alpha)
     legend = legend_image(entries)
     outputs = {"labels": atomic_write_bytes(out_dir / f"{name}_labels.png",
@@ -134,7 +134,7 @@ def write_outputs(out_dir: Path, name: str, image_bgr: np.ndarray, prediction: n
             "outputs": {key: path.name for key, path in outputs.items()}}
 
 
-def predict_paths(inference: InferenceModel, input_path: str | Path, out_dir: str | Path,
+def predict_paths(loaded: LoadedModel, input_path: str | Path, out_dir: str | Path,
                   save_logits: bool = False, panel: bool = False, alpha: float = 0.5,
                   show_progress: bool = True, source: str = "") -> dict:
     """Predict one image or every image of a folder into `out_dir`.
@@ -158,17 +158,17 @@ def predict_paths(inference: InferenceModel, input_path: str | Path, out_dir: st
             LOGGER.warning("skipping %s", error)
             skipped.append(str(file))
             continue
-        prediction, logits = predict_image(inference, image)
-        records[str(file)] = write_outputs(out_dir, name, image, prediction, logits, inference,
+        prediction, logits = predict_image(loaded, image)
+        records[str(file)] = write_outputs(out_dir, name, image, prediction, logits, loaded,
                                            save_logits, panel, alpha)
-    colours = class_colours(len(inference.class_names))
+    colours = class_colours(len(loaded.class_names))
     summary = {
         "checkpoint": str(source),
-        "warp_size": inference.config.eval.warp_size,
+        "warp_size": loaded.config.eval.warp_size,
         "classes": [{"index": index, "png_value": index + 1, "name": name, "tag": tag,
                      "colour_rgb": [int(c) for c in colours[index]]}
-                    for index, (name, tag) in enumerate(zip(inference.class_names,
-                                                            inference.tags))],
+                    for index, (name, tag) in enumerate(zip(loaded.class_names,
+                                                            loaded.tags))],
         "images": records,
         "skipped": skipped,
     }

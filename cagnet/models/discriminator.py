@@ -59,10 +59,6 @@ class Discriminator(nn.Module):
         """Trunk output (B, D, h, w) or (N, D) -> raw adversarial logit (B, 1, h, w) or (N, 1)."""
         return apply_per_pixel(self.adversarial_head, hidden)
 
-    def adversarial_score(self, hidden: torch.Tensor) -> torch.Tensor:
-        """Trunk output -> probability that the feature is real, sigmoid of the logit."""
-        return torch.sigmoid(self.adversarial_logit(hidden))
-
     def classify(self, hidden: torch.Tensor) -> torch.Tensor:
         """Trunk output -> all class logits (B, K [+ 1], h, w) or (N, K [+ 1])."""
         return apply_per_pixel(self.classifier, hidden)

@@ -1,6 +1,6 @@
 """`cagnet audit`: prove that no unseen-class label value reaches a training loss.
 
-The audit runs the real training pipeline (`builders.build_datasets(train=True)`: the layout's
+The audit runs the real training pipeline (`datasets.build.build_dataset`: the layout's
 label reader, the protocol's lookup table, the random warp / scale / crop / flip) over the
 whole training list, each image once (draw = index), and counts the values of the final
 training targets. Every value must be a seen-class index 0..S-1 or the ignore label 255;
@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from cagnet.builders import build_datasets, resolve_path
+from cagnet.datasets.build import build_dataset, resolve_path
 from cagnet.config import Config
 from cagnet.datasets.benchmarks import read_dataset_label
 from cagnet.datasets.splits import IGNORE_INDEX, ClassSplit, read_class_names, read_split
@@ -81,7 +81,7 @@ def audit_training_data(config: Config, max_images: int = 0, show_progress: bool
     split = read_split(resolve_path(data.split, data.root), names)
     report = AuditReport(config.name, split)
     report.violations += lookup_violations(split)
-    dataset = build_datasets(data, split, config.train.seed, train=True)
+    dataset = build_dataset(data, split, config.train.seed)
     count = min(len(dataset), max_images) if max_images else len(dataset)
     index_of = {image_id: index for index, image_id in enumerate(dataset.ids)}
     loader = DataLoader(dataset, batch_size=None, sampler=[(i, i) for i in range(count)],

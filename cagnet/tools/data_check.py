@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cagnet.builders import resolve_path
+from cagnet.datasets.build import resolve_path
 from cagnet.config import Config
 from cagnet.datasets import benchmarks
 from cagnet.datasets.images import read_image_bgr

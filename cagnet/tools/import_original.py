@@ -212,14 +212,15 @@ def convert_backbone_init(weights: dict[str, torch.Tensor],
 def import_checkpoint(original_path: str | Path, out_path: str | Path, config) -> dict:
     """Convert an original CaGNet checkpoint for the model of `config` (a resolved Config) and
     write a cagnet checkpoint to `out_path`. Returns a summary (counts, notes)."""
-    from cagnet.builders import build_benchmark, build_model
+    from cagnet.datasets.build import build_benchmark
+    from cagnet.models.build import build_cagnet
     from cagnet.config import config_to_dict
     from cagnet.engine.checkpoint import save_checkpoint
 
     original, iteration = load_original(original_path)
     benchmark = build_benchmark(config)
     split = benchmark.split
-    model = build_model(config.model, benchmark.class_embeddings, split.num_seen)
+    model = build_cagnet(config.model, benchmark.class_embeddings, split.num_seen)
     reference = model.state_dict()
     conversion = convert_original(original, reference, len(config.model.generator_hidden))
     errors = check_embedding_tables(conversion.tables, reference["class_embeddings"],

@@ -54,10 +54,6 @@ class DistributedContext:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
 
     @property
-    def is_distributed(self) -> bool:
-        return self.world_size > 1
-
-    @property
     def is_main_process(self) -> bool:
         """Only the main process logs, writes TensorBoard, checkpoints and reports."""
         return self.rank == 0

@@ -1,4 +1,4 @@
-"""Runtime helpers: seeding, autocast and the GradScaler, memory format and compilation, logging,
+"""Runtime helpers: the device, seeding, autocast and the GradScaler, memory format and compilation, logging,
 and the per-run log writer."""
 
 from __future__ import annotations
@@ -16,6 +16,24 @@ import torch
 from cagnet.errors import ConfigError
 
 LOGGER = logging.getLogger("cagnet")
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto` picks CUDA, then Apple MPS, then the CPU."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"train.device: unknown device {name!r}; expected auto, cpu, cuda, "
+                          "cuda:N or mps") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"train.device: {name!r} requested but CUDA is not available")
+    return device
 
 
 def seed_everything(seed: int, rank: int = 0) -> None:

@@ -1,7 +1,7 @@
 """The stage sequences of each method in `cagnet compare`, and the protocol line of each entry.
 
 Each function runs (or reuses) its stages through `ComparePipeline.stage` and adds its entries
-to `entries`; see cagnet/baselines/compare.py for the order and the shared step-1 network.
+to `entries`; see `pipeline.py` for the stages and `run.py` for the order and the shared step-1 network.
 """
 
 from __future__ import annotations
@@ -13,14 +13,15 @@ from cagnet.baselines.calibration import parse_values, validation_split, write_s
 from cagnet.baselines.calibration_run import calibrate, sweep_target, write_calibration
 from cagnet.baselines.compare.pipeline import ComparePipeline, clean_folder, entry
 from cagnet.baselines.compare.stages import StageOutcome, restate_protocol
-from cagnet.baselines.methods import load_method_model
 from cagnet.baselines.pseudo_labels import rule_from_config, write_pseudo_labels
 from cagnet.baselines.self_training import train_self_training
-from cagnet.baselines.spnet_training import train_spnet
+from cagnet.baselines.spnet import train_spnet
 from cagnet.baselines.zs3net import train_zs3net
-from cagnet.builders import Benchmark, build_benchmark, resolve_device
 from cagnet.config import Config
+from cagnet.datasets.splits import ClassSplit
+from cagnet.engine.checkpoint import load_model
 from cagnet.engine.trainer import train
+from cagnet.utils.runtime import resolve_device
 
 
 def _trained(result) -> tuple[Path, dict, dict]:
@@ -50,16 +51,16 @@ def cagnet(pipeline: ComparePipeline, entries: dict) -> StageOutcome:
     return step1
 
 
-def spnet(pipeline: ComparePipeline, entries: dict, benchmark: Benchmark) -> None:
+def spnet(pipeline: ComparePipeline, entries: dict, split: ClassSplit) -> None:
     """SPNet, SPNet without the validation classes, and SPNet-c (T picked on them)."""
     show = pipeline.show_progress
     config = pipeline.config("spnet", "baseline.method=spnet")
     run_dir = pipeline.work / "spnet"
     trained = pipeline.stage("spnet", run_dir, config, {}, lambda: _trained(
         train_spnet(config, run_dir, overwrite=True, show_progress=show)))
-    held_out = validation_split(benchmark.split)
+    held_out = validation_split(split)
     split_file = pipeline.work / "spnet_validation_split.yaml"
-    names = [benchmark.split.class_names[i] for i in held_out.unseen_ids]
+    names = [split.class_names[i] for i in held_out.unseen_ids]
     if not split_file.is_file() or pipeline.fresh:
         write_split_file(held_out, split_file, "SPNet-c calibration split (cagnet compare): the "
                          "validation classes of\nthe benchmark's split play the unseen ones; "
@@ -76,10 +77,10 @@ def spnet(pipeline: ComparePipeline, entries: dict, benchmark: Benchmark) -> Non
 
     def calibrate_spnet() -> tuple[Path, dict, dict]:
         device = resolve_device(config.train.device)
-        real = load_method_model(trained.checkpoint)
+        real = load_model(trained.checkpoint)
         result = calibrate(sweep_target(real, device), values,
-                           validation=sweep_target(load_method_model(validation.checkpoint),
-                                                   device), validation_classes=names)
+                           validation=sweep_target(load_model(validation.checkpoint), device),
+                           validation_classes=names)
         write_calibration(calibrated_dir, result, real, str(trained.checkpoint),
                           validation.checkpoint)
         return trained.checkpoint, result.test_scores, {"temperature": result.temperature,
@@ -135,10 +136,10 @@ def _pseudo_labels(pipeline: ComparePipeline, name: str, method: str, source: St
     rule, description = rule_from_config(method, config)
 
     def action() -> tuple[Path, dict, dict]:
-        loaded = load_method_model(source.checkpoint)
+        loaded = load_model(source.checkpoint)
         device = resolve_device(config.train.device)
-        summary = write_pseudo_labels(loaded.model.to(device), config, build_benchmark(config),
-                                      rule, clean_folder(out_dir), device)
+        summary = write_pseudo_labels(loaded.model.to(device), config, loaded.split(), rule,
+                                      clean_folder(out_dir), device)
         return out_dir / "summary.json", {}, {"rule": description, **summary}
 
     signature = {"rule": description, "data": dataclasses.asdict(config.data),

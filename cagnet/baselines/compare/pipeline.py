@@ -1,6 +1,9 @@
 """`cagnet compare`: every method on one benchmark, same backbone, data and evaluator.
 
-Stages (each cached, `compare_stages.py`; folders under `<output-dir>/compare/`):
+`ComparePipeline` holds the recipe, the stage configs and the cached stages; `methods.py` runs
+each method's stages through it, `run.py` puts them in order and writes the table.
+
+Stages (each cached, `stages.py`; folders under `<output-dir>/compare/`):
 
 1. `cagnet/step1`: CaGNet step 1. Its checkpoint is THE step-1 network of the comparison:
    CaGNet's finetune, ZS3Net and both self-training variants start from it.
@@ -23,17 +26,14 @@ from __future__ import annotations
 
 import logging
 import shutil
-import time
 from pathlib import Path
 from typing import Sequence
 
-from cagnet.baselines.compare.recipe import CompareRecipe, read_compare_recipe
-from cagnet.baselines.compare.report import write_comparison
+from cagnet.baselines.compare.recipe import CompareRecipe
 from cagnet.baselines.compare.stages import StageOutcome, run_stage
-from cagnet.builders import Benchmark, build_benchmark, resolve_path
 from cagnet.config import Config, config_to_dict, load_config
-from cagnet.engine.evaluate import describe_protocol
-from cagnet.errors import ConfigError
+from cagnet.datasets.shapes import prepare_shapes
+from cagnet.engine.pretrain import pretrained_init
 
 LOGGER = logging.getLogger("cagnet")
 SCORE_KEYS = ("hiou", "miou", "miou_seen", "miou_unseen", "pixel_acc", "mean_acc", "num_pixels")
@@ -68,59 +68,13 @@ class ComparePipeline:
         """Shapes: generate / reuse the benchmark and the pretrained init (`cagnet demo`)."""
         if not self.recipe.shapes_benchmark:
             return
-        from cagnet.engine.demo import prepare_shapes, pretrained_init
-
         data_dir = self.output_dir / "shapes"
         embeddings = prepare_shapes(data_dir, self.recipe.benchmark_seed)
         self.paths = [f"data.root={data_dir}", f"embeddings.path={embeddings}",
                       f"pretrain.corpus={data_dir / 'pretrain'}"]
         probe = self.config("cagnet_step1")
-        init = pretrained_init(probe, self.output_dir / "pretrain")
+        init = pretrained_init(probe, self.output_dir / "pretrain", self.show_progress)
         self.paths.append(f"model.init={init}")
-
-    def run(self) -> dict:
-        from cagnet.baselines.compare import methods
-
-        started = time.perf_counter()
-        self.prepare_benchmark()
-        step1_config = self.config("cagnet_step1")
-        benchmark = build_benchmark(step1_config)
-        if not benchmark.split.validation_ids:
-            raise ConfigError(
-                f"{resolve_path(step1_config.data.split, step1_config.data.root)}: SPNet-c "
-                "chooses T on held-out validation classes, but this split has no "
-                "'validation:' list (shapes: data/shapes/split_validation.yaml)")
-        entries = {}
-        step1 = methods.cagnet(self, entries)
-        methods.spnet(self, entries, benchmark)
-        methods.zs3net(self, entries, step1)
-        methods.cagnet_self_training(self, entries)
-        methods.zs3net_self_training(self, entries)
-        for entry in entries.values():
-            entry["scores"]["class_iou"] = dict(zip(benchmark.split.model_class_names,
-                                                    entry.pop("iou", [])))
-        minutes = (time.perf_counter() - started) / 60
-        self.write(entries, step1_config, benchmark, minutes)
-        return entries
-
-    def write(self, entries: dict, config: Config, benchmark: Benchmark, minutes: float) -> None:
-        split = benchmark.split
-        evaluation = describe_protocol(config.eval.protocol, config.eval.warp_size)
-        reused = [name for name, outcome in self.outcomes.items() if outcome.reused]
-        notes = [f"benchmark: {config.data.root} ({split.num_seen} seen / {split.num_unseen} "
-                 f"unseen classes; validation classes "
-                 f"{[split.class_names[i] for i in split.validation_ids]})",
-                 f"backbone init: {config.model.init or 'Kaiming (no init file)'}",
-                 f"wall time of this command: {minutes:.1f} min"
-                 + (f" (stages reused from an earlier run: {', '.join(reused)})"
-                    if reused else "")]
-        stages = {name: {"run": str(outcome.run_dir), "seconds": round(outcome.seconds, 1),
-                         "reused": outcome.reused} for name, outcome in self.outcomes.items()}
-        title = f"{config.name}: SPNet, SPNet-c, ZS3Net, CaGNet and their self-training variants"
-        markdown, _ = write_comparison(self.output_dir, entries, title, evaluation, notes,
-                                       {"stages": stages,
-                                        "recipe": str(self.recipe.path)})
-        print(markdown.read_text(encoding="utf-8"))
 
 
 def entry(outcome: StageOutcome, description: str, **protocol) -> dict:
@@ -129,13 +83,6 @@ def entry(outcome: StageOutcome, description: str, **protocol) -> dict:
     return {"scores": scores, "iou": list(outcome.scores.get("iou", [])),
             "protocol": {"method": description, **protocol}, "run": str(outcome.run_dir),
             "checkpoint": str(outcome.checkpoint)}
-
-
-def run_compare(recipe_path: str | Path, output_dir: str | Path, overrides: Sequence[str] = (),
-                fresh: bool = False, show_progress: bool = True) -> dict:
-    """`cagnet compare`: run (or reuse) every stage and write compare.md / compare.json."""
-    recipe = read_compare_recipe(recipe_path)
-    return ComparePipeline(recipe, Path(output_dir), overrides, fresh, show_progress).run()
 
 
 def clean_folder(path: Path) -> Path:

@@ -6,17 +6,13 @@ network (GMMN) that maps a class embedding and uniform noise to a pixel feature.
 
 It is context-free: the noise carries no information about the pixel's surroundings (CaGNet's
 contextual latent code is exactly what replaces it). Trained with the multi-kernel MMD between
-generated and real features of each class (`generator_loss`).
+generated and real features of each class (`cagnet.baselines.zs3net.generator_loss`).
 """
 
 from __future__ import annotations
 
-from typing import Sequence
-
 import torch
 from torch import nn
-
-from cagnet.losses import mmd
 
 
 class GMMNGenerator(nn.Module):
@@ -48,42 +44,3 @@ class GMMNGenerator(nn.Module):
         from `generator` (a CPU generator; the noise is moved to the embeddings' device)."""
         noise = torch.rand(embeddings.shape[0], self.noise_dim, generator=generator)
         return self(embeddings, noise.to(embeddings.device, embeddings.dtype))
-
-
-def sample_class_pixels(features: torch.Tensor, labels: torch.Tensor, max_pixels: int,
-                        generator: torch.Generator | None = None
-                        ) -> list[tuple[int, torch.Tensor]]:
-    """Group real pixels by (image, class), keeping at most `max_pixels` random ones per group.
-
-    Args:
-        features: (B, F, h, w) real features; labels: (B, h, w) class indices, 255 ignored.
-    Returns:
-        (class index, (n, F) pixel rows) per (image, class) present, image-major.
-    """
-    groups = []
-    for image_features, image_labels in zip(features, labels):
-        rows = image_features.flatten(1).t()  # (h * w, F)
-        flat = image_labels.flatten()
-        for class_index in torch.unique(flat[flat != 255]).tolist():
-            positions = torch.nonzero(flat == class_index).squeeze(1)
-            if positions.numel() > max_pixels:
-                order = torch.randperm(positions.numel(), generator=generator)
-                positions = positions[order[:max_pixels].to(positions.device)]
-            groups.append((int(class_index), rows[positions]))
-    return groups
-
-
-def generator_loss(generator_network: GMMNGenerator, class_embeddings: torch.Tensor,
-                   groups: Sequence[tuple[int, torch.Tensor]], sigmas: Sequence[float],
-                   noise: torch.Generator | None = None) -> torch.Tensor:
-    """Mean over groups of the multi-kernel MMD between the group's real rows (n, F) and as
-    many generated rows of its class (ZS3Net's GMMN loss, kernel exp(-d / (2 sigma)))."""
-    if not groups:
-        return class_embeddings.new_zeros(()) + sum(
-            parameter.sum() * 0 for parameter in generator_network.parameters())
-    terms = []
-    for class_index, real in groups:
-        condition = class_embeddings[class_index].expand(real.shape[0], -1)
-        fake = generator_network.generate(condition, noise)
-        terms.append(mmd(fake, real.detach(), sigmas))
-    return torch.stack(terms).mean()

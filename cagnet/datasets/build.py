@@ -1,0 +1,118 @@
+"""From config to data: the benchmark's classes and embedding rows, and its datasets.
+
+The only place where `data` / `embeddings` config values become dataset objects; everything
+below (readers, transforms, the dataset class) receives plain values.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from torch.utils.data import DataLoader
+
+from cagnet.class_embeddings import load_class_embeddings
+from cagnet.config import Config, DataConfig
+from cagnet.datasets import benchmarks
+from cagnet.datasets.segmentation import SegmentationDataset, collate_samples
+from cagnet.datasets.splits import ClassSplit, read_class_names, read_split
+from cagnet.datasets.transforms import EvalTransform, TrainTransform
+from cagnet.errors import DataError
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+
+
+def resolve_path(path: str, root: str | Path | None = None) -> Path:
+    """Resolve a path from the config: absolute as given; otherwise relative to the dataset
+    root (when given and the file exists there), then to the working directory, then to the
+    project folder (for the class lists and splits shipped in `data/`)."""
+    candidate = Path(path).expanduser()
+    if candidate.is_absolute():
+        return candidate
+    for base in ([Path(root)] if root else []) + [Path.cwd(), PROJECT_ROOT]:
+        if (base / candidate).exists():
+            return base / candidate
+    return candidate
+
+
+@dataclass
+class Benchmark:
+    """Everything that describes the classes of a run."""
+
+    split: ClassSplit
+    class_embeddings: np.ndarray  # (K, E) in model class order (seen then unseen)
+    embedding_metadata: dict
+    embedding_path: Path
+
+    @property
+    def embedding_dim(self) -> int:
+        return int(self.class_embeddings.shape[1])
+
+
+def build_split(config: Config) -> ClassSplit:
+    """The class names and the seen / unseen / validation split of `config.data`."""
+    class_names = read_class_names(resolve_path(config.data.class_names, config.data.root))
+    return read_split(resolve_path(config.data.split, config.data.root), class_names)
+
+
+def build_benchmark(config: Config) -> Benchmark:
+    """Class names, split and the class-embedding rows in model order."""
+    split = build_split(config)
+    class_names = split.class_names
+    embedding_path = resolve_path(config.embeddings.path, config.data.root)
+    matrix, metadata = load_class_embeddings(embedding_path, expected_rows=len(class_names))
+    rows = np.asarray(matrix, dtype=np.float32)[list(split.model_ids)]
+    return Benchmark(split, rows, metadata, embedding_path)
+
+
+def build_dataset(data: DataConfig, split: ClassSplit, seed: int, part: str = "train",
+                  eval_warp: int | None = None) -> SegmentationDataset:
+    """The images of `part` ("train": `data.train_list`, "test": `data.val_list`).
+
+    Training images are augmented (`TrainTransform`) and labelled through the training lookup
+    (seen classes, everything else 255), unless `eval_warp` is given: then they are only warped,
+    like test images (self-training labels them that way). Test images get the test lookup.
+    With `data.drop_images_with_unseen` the training ids holding unseen-class pixels are
+    removed (masks read once, here); with `data.pseudo_label_dir` training labels come from
+    that folder (self-training), with unseen ids mapped to S..S+U-1.
+    """
+    root = Path(data.root)
+    if not root.is_dir():
+        raise DataError(f"data.root: dataset folder not found: {root}")
+    source = benchmarks.label_source(data, root, split.class_names)
+    if part == "test":
+        ids = benchmarks.read_image_ids(resolve_path(data.val_list, root), data, root)
+        return benchmarks.make_dataset(data, root, ids, source, split.test_lookup(),
+                                       split.known_ids(), EvalTransform(tuple(data.mean_bgr),
+                                                                        eval_warp or 513), seed)
+    ids = benchmarks.read_image_ids(resolve_path(data.train_list, root), data, root)
+    if data.drop_images_with_unseen:
+        ids = benchmarks.drop_images_with_unseen(ids, source, split.unseen_ids,
+                                                 data.on_bad_sample == "skip",
+                                                 max(1, data.num_workers))
+    lookup = split.train_lookup()
+    if data.pseudo_label_dir and eval_warp is None:
+        # The folder's maps never hold a true unseen label: they were built from the training
+        # labels, where it is 255.
+        folder = resolve_path(data.pseudo_label_dir)
+        if not folder.is_dir():
+            raise DataError(f"data.pseudo_label_dir: folder not found: {folder}")
+        data = dataclasses.replace(data, layout="folders", label_dir=str(folder.resolve()),
+                                   label_suffix=".png")
+        source = benchmarks.label_source(data, root, split.class_names)
+        lookup = split.test_lookup()
+    transform = EvalTransform(tuple(data.mean_bgr), eval_warp) if eval_warp else \
+        TrainTransform(tuple(data.mean_bgr), data.warp_size, data.crop_size, data.scale_min,
+                       data.scale_max, data.flip)
+    return benchmarks.make_dataset(data, root, ids, source, lookup, split.known_ids(),
+                                   transform, seed)
+
+
+def build_eval_loader(config: Config, split: ClassSplit, part: str = "test") -> DataLoader:
+    """Batches of warped images with their full-resolution labels (the evaluator's input)."""
+    dataset = build_dataset(config.data, split, config.train.seed, part,
+                            eval_warp=config.eval.warp_size)
+    return DataLoader(dataset, batch_size=config.eval.batch_size, shuffle=False,
+                      num_workers=config.data.num_workers, collate_fn=collate_samples)
