@@ -38,7 +38,8 @@ __all__ = ["LOOKUP_RULE", "NORMALISATION_RULE", "WORD_VECTOR_KINDS", "build_clas
 
 logger = logging.getLogger(__name__)
 
-WORD_VECTOR_KINDS = ("word2vec", "word2vec_binary", "fasttext_bin", "fasttext_vec")
+WORD_VECTOR_KINDS = ("word2vec", "word2vec_binary", "fasttext_bin", "fasttext_vec", "glove_text")
+BINARY_KINDS = ("word2vec_binary", "fasttext_bin")
 
 LOOKUP_RULE = (
     "A class name is looked up as a whole first: the name itself and the name with its "
@@ -80,50 +81,78 @@ def sidecar_path(npy_path: str | os.PathLike) -> Path:
     return Path(npy_path).with_suffix(".json")
 
 
+def _sample(path: Path) -> tuple[str, bool]:
+    """The first line of a file and whether its first 64 KiB look like text."""
+    with open(path, "rb") as stream:
+        head = stream.read(1 << 16)
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError as error:  # a multi-byte character cut at the end is fine
+        text = head[:error.start].decode("utf-8") if error.start > len(head) - 4 else ""
+        if not text:
+            return "", False
+    printable = all(character.isprintable() or character in "\n\r\t" for character in text)
+    return text.split("\n", 1)[0], printable and "\x00" not in text
+
+
 def resolve_kind(path: str | os.PathLike, kind: str = "auto") -> str:
-    """The word-vector kind of `path`; `"auto"` decides from the file name.
+    """The word-vector kind of `path`; `"auto"` decides from the file name and content.
 
     `.bin` -> `fasttext_bin` when the name contains "fasttext", "cc." or "wiki.", else
-    `word2vec_binary`; `.vec` -> `fasttext_vec`; `.txt` -> `word2vec` (a trailing `.gz` or
-    `.bz2` is skipped). Raises EmbeddingError for an unknown kind or extension.
+    `word2vec_binary`; `.vec` -> `fasttext_vec`; `.txt` -> `word2vec` when the first line is a
+    `count dim` header, else `glove_text` (a trailing `.gz` or `.bz2` is skipped). A given kind
+    is checked against the content (text or binary). Raises EmbeddingError naming the file.
     """
-    if kind != "auto":
-        if kind not in WORD_VECTOR_KINDS:
-            raise EmbeddingError(f"unknown word-vector kind '{kind}' for {path}; valid kinds: "
-                                 f"auto, {', '.join(WORD_VECTOR_KINDS)}")
-        return kind
-    name = Path(path).name.lower()
-    suffixes = [suffix for suffix in Path(name).suffixes if suffix not in (".gz", ".bz2")]
-    suffix = suffixes[-1] if suffixes else ""
-    if suffix == ".bin":
-        is_fasttext = any(marker in name for marker in ("fasttext", "cc.", "wiki."))
-        return "fasttext_bin" if is_fasttext else "word2vec_binary"
-    if suffix == ".vec":
-        return "fasttext_vec"
-    if suffix == ".txt":
-        return "word2vec"
-    raise EmbeddingError(f"cannot guess the word-vector kind of {path} from its extension "
-                         f"(.bin, .vec, .txt); give one of: {', '.join(WORD_VECTOR_KINDS)}")
+    source = Path(path)
+    if kind != "auto" and kind not in WORD_VECTOR_KINDS:
+        raise EmbeddingError(f"unknown word-vector kind '{kind}' for {path}; valid kinds: "
+                             f"auto, {', '.join(WORD_VECTOR_KINDS)}")
+    if not source.is_file():
+        raise EmbeddingError(f"word-vector file not found: {source}")
+    compressed = source.suffix.lower() in (".gz", ".bz2")
+    first_line, is_text = _sample(source) if not compressed else ("", True)
+    if kind == "auto":
+        name = source.name.lower()
+        suffixes = [suffix for suffix in Path(name).suffixes if suffix not in (".gz", ".bz2")]
+        suffix = suffixes[-1] if suffixes else ""
+        if suffix == ".bin":
+            is_fasttext = any(marker in name for marker in ("fasttext", "cc.", "wiki."))
+            return "fasttext_bin" if is_fasttext else "word2vec_binary"
+        if suffix == ".vec":
+            return "fasttext_vec"
+        if suffix != ".txt":
+            raise EmbeddingError(f"cannot guess the word-vector kind of {path} from its "
+                                 f"extension (.bin, .vec, .txt); give KIND:PATH with one of: "
+                                 f"{', '.join(WORD_VECTOR_KINDS)}")
+        header = first_line.split()
+        kind = "word2vec" if compressed or (len(header) == 2 and all(
+            part.isdigit() for part in header)) else "glove_text"
+    if not compressed and is_text == (kind in BINARY_KINDS):
+        found = "a text file" if is_text else "a binary file"
+        hint = "word2vec (with a 'count dim' header) or glove_text" if is_text else \
+            "word2vec_binary or fasttext_bin"
+        raise EmbeddingError(f"{path} is {found}, not {kind} word vectors; give its kind as "
+                             f"{hint} (e.g. --source glove_text:{path})")
+    return kind
 
 
 def load_word_vectors(path: str | os.PathLike, kind: str = "auto") -> Any:
     """Load a word-vector file with gensim.
 
     Args:
-        path: The file (GoogleNews `.bin`, fastText `.bin` / `.vec`, word2vec text `.txt`).
+        path: The file (GoogleNews `.bin`, fastText `.bin` / `.vec`, word2vec text `.txt`,
+            GloVe text without header).
         kind: One of `WORD_VECTOR_KINDS` or "auto" (see `resolve_kind`).
 
     Returns:
         A gensim `KeyedVectors` (`FastTextKeyedVectors`, with subwords, for `fasttext_bin`).
 
     Raises:
-        EmbeddingError: the file is missing, gensim is not installed, or the file cannot be
-            read as `kind` (the message names the file and the kind).
+        EmbeddingError: the file is missing, is not of `kind`, gensim is not installed, or the
+            file cannot be read as `kind` (the message names the file and the kind).
     """
     source = Path(path)
     kind = resolve_kind(source, kind)
-    if not source.is_file():
-        raise EmbeddingError(f"word-vector file not found: {source}")
     try:
         from gensim.models import KeyedVectors
         from gensim.models.fasttext import load_facebook_vectors
@@ -133,7 +162,8 @@ def load_word_vectors(path: str | os.PathLike, kind: str = "auto") -> Any:
     try:
         if kind == "fasttext_bin":
             return load_facebook_vectors(str(source))
-        return KeyedVectors.load_word2vec_format(str(source), binary=kind == "word2vec_binary")
+        return KeyedVectors.load_word2vec_format(str(source), binary=kind in BINARY_KINDS,
+                                                 no_header=kind == "glove_text")
     except Exception as error:  # gensim raises ValueError, UnicodeDecodeError, EOFError, ...
         raise EmbeddingError(f"cannot read {source} as {kind} word vectors "
                              f"({type(error).__name__}: {error})") from error

@@ -63,32 +63,50 @@ def test_phrase_tokens() -> None:
     assert phrase_tokens("tvmonitor") == ["tvmonitor"]
 
 
-def test_resolve_kind() -> None:
-    assert resolve_kind("GoogleNews-vectors-negative300.bin") == "word2vec_binary"
-    assert resolve_kind("GoogleNews-vectors-negative300.bin.gz") == "word2vec_binary"
-    assert resolve_kind("cc.en.300.bin") == "fasttext_bin"
-    assert resolve_kind("wiki.en.bin") == "fasttext_bin"
-    assert resolve_kind("my_fastText_model.bin") == "fasttext_bin"
-    assert resolve_kind("crawl-300d-2M.vec") == "fasttext_vec"
-    assert resolve_kind("vectors.txt") == "word2vec"
-    assert resolve_kind("vectors.whatever", "word2vec") == "word2vec"
+def test_resolve_kind(tmp_path) -> None:
+    def file(name: str, content: bytes = b"2 3\nred 1 0 0\nblue 0 1 0\n") -> Path:
+        (tmp_path / name).write_bytes(content)
+        return tmp_path / name
+
+    binary = b"2 3\n" + bytes(range(256))
+    assert resolve_kind(file("GoogleNews-vectors-negative300.bin", binary)) == "word2vec_binary"
+    assert resolve_kind(file("GoogleNews-vectors-negative300.bin.gz")) == "word2vec_binary"
+    assert resolve_kind(file("cc.en.300.bin", binary)) == "fasttext_bin"
+    assert resolve_kind(file("wiki.en.bin", binary)) == "fasttext_bin"
+    assert resolve_kind(file("my_fastText_model.bin", binary)) == "fasttext_bin"
+    assert resolve_kind(file("crawl-300d-2M.vec")) == "fasttext_vec"
+    assert resolve_kind(file("vectors.txt")) == "word2vec"
+    assert resolve_kind(file("glove.6B.50d.txt", b"the 0.1 0.2\nred 1 0\n")) == "glove_text"
+    assert resolve_kind(file("vectors.whatever"), "word2vec") == "word2vec"
     with pytest.raises(EmbeddingError, match="extension"):
-        resolve_kind("vectors.npy")
+        resolve_kind(file("vectors.npy"))
     with pytest.raises(EmbeddingError, match="valid kinds"):
-        resolve_kind("vectors.txt", "glove")
+        resolve_kind(file("vectors.txt"), "glove")
+    # a missing file is "not found", whatever its extension
+    with pytest.raises(EmbeddingError, match="not found.*missing.npy"):
+        resolve_kind(tmp_path / "missing.npy")
+    # the wrong kind is named, not reported as missing words later
+    with pytest.raises(EmbeddingError, match=r"vectors.txt is a text file, not word2vec_binary"):
+        resolve_kind(tmp_path / "vectors.txt", "word2vec_binary")
+    with pytest.raises(EmbeddingError, match=r"is a binary file, not glove_text"):
+        resolve_kind(tmp_path / "cc.en.300.bin", "glove_text")
 
 
-def test_load_word_vectors_errors(tmp_path) -> None:
+def test_load_word_vectors_errors_and_glove(tmp_path) -> None:
     with pytest.raises(EmbeddingError, match="not found.*missing.bin"):
         load_word_vectors(tmp_path / "missing.bin")
     garbage = tmp_path / "garbage.txt"
     garbage.write_text("this is not\na word2vec file\n")
-    with pytest.raises(EmbeddingError, match=r"garbage.txt as word2vec"):
+    with pytest.raises(EmbeddingError, match=r"garbage.txt as glove_text"):
         load_word_vectors(garbage)
     random_bytes = tmp_path / "random.bin"
-    random_bytes.write_bytes(os.urandom(64))
+    random_bytes.write_bytes(b"\x00\xff" + os.urandom(64))
     with pytest.raises(EmbeddingError, match=r"random.bin as word2vec_binary"):
         load_word_vectors(random_bytes)
+    glove = tmp_path / "glove.txt"
+    glove.write_text("red 1.0 0.0\nblue 0.0 1.0\n")
+    vectors = load_word_vectors(glove)
+    assert vectors["blue"].tolist() == [0.0, 1.0]
 
 
 @pytest.mark.parametrize("kind, key", [("word2vec", "text"), ("word2vec_binary", "binary")])

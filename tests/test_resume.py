@@ -34,16 +34,15 @@ FINETUNE = ["train.stage=finetune", "train.mixed_period=2", "train.iterations=12
             "train.eval_interval=0"]
 SLOW_CAGNET = """
 import runpy, time
-import cagnet.engine.trainer as trainer
+import cagnet.engine.loop as loop
 
-def slow(step):
+def slow(seed):
     def wrapped(*args, **kwargs):
         time.sleep(0.15)
-        return step(*args, **kwargs)
+        return seed(*args, **kwargs)
     return wrapped
 
-trainer.feature_generation_step = slow(trainer.feature_generation_step)
-trainer.classifier_step = slow(trainer.classifier_step)
+loop.iteration_seed = slow(loop.iteration_seed)  # called once per iteration of every method
 runpy.run_module("cagnet", run_name="__main__", alter_sys=True)
 """
 
@@ -113,7 +112,7 @@ def _log_records(run_dir: Path) -> list[dict]:
     return records
 
 
-def _assert_identical_runs(reference: Path, resumed: Path) -> None:
+def _assert_identical_runs(reference: Path, resumed: Path, metrics: bool = True) -> None:
     expected = load_checkpoint(reference / "checkpoints" / "last.pt")
     actual = load_checkpoint(resumed / "checkpoints" / "last.pt")
     assert actual["iteration"] == expected["iteration"]
@@ -121,8 +120,9 @@ def _assert_identical_runs(reference: Path, resumed: Path) -> None:
     _same(expected["optimizers"], actual["optimizers"], "optimizers")
     for key in ("best_hiou", "skipped_samples", "nonfinite"):
         assert actual["extra"][key] == expected["extra"][key], key
-    expected_metrics = json.loads((reference / "metrics.json").read_text())
-    assert json.loads((resumed / "metrics.json").read_text()) == expected_metrics
+    if metrics:
+        expected_metrics = json.loads((reference / "metrics.json").read_text())
+        assert json.loads((resumed / "metrics.json").read_text()) == expected_metrics
     records = _log_records(resumed)
     assert records == _log_records(reference)
     keys = [(record["kind"], record["iteration"]) for record in records]
@@ -134,18 +134,20 @@ def _assert_identical_runs(reference: Path, resumed: Path) -> None:
 
 
 def _kill_resume_compare(setup: dict, command: list[str], overrides: list[str],
-                         reference: Path, name: str, kill_at: int) -> None:
+                         reference: Path, name: str, kill_at: int,
+                         arguments: list[str] | None = None, metrics: bool = True) -> None:
     run_dir = setup["folder"] / name
-    arguments = _arguments(setup["root"], setup["recipe"], overrides)
+    arguments = arguments or _arguments(setup["root"], setup["recipe"], overrides)
     process = _start(command + ["--output-dir", str(run_dir)] + arguments)
     reached = _wait_for_checkpoint(process, run_dir, kill_at)
     time.sleep(random.Random(name).uniform(0.0, 0.15))  # land anywhere in the next step
     os.killpg(process.pid, signal.SIGKILL)
     process.communicate()
     assert process.returncode == -signal.SIGKILL and reached >= kill_at
-    assert not (run_dir / "metrics.json").exists()  # it really died mid-run
+    assert not any((run_dir / name).exists()  # it really died mid-run
+                   for name in ("metrics.json", "backbone_init.pt"))
     assert main(command + ["--output-dir", str(run_dir), "--resume"] + arguments) == 0
-    _assert_identical_runs(reference, run_dir)
+    _assert_identical_runs(reference, run_dir, metrics)
 
 
 def test_sigkill_then_resume_equals_an_uninterrupted_step1_run(setup: dict):
@@ -162,6 +164,44 @@ def test_sigkill_then_resume_equals_an_uninterrupted_finetune_run(setup: dict):
     assert any("step2_cls_fake" in record for record in log)  # step-2 iterations did run
     overrides = FINETUNE + ["train.checkpoint_interval=1", "data.num_workers=1"]
     _kill_resume_compare(setup, ["finetune"] + init, overrides, reference, "ft_killed", 3)
+
+
+def test_sigkill_then_resume_equals_an_uninterrupted_spnet_run(setup: dict):
+    """SPNet runs through the same loop: killed and resumed, it ends bit for bit the same."""
+    spnet = ["baseline.method=spnet", "train.deterministic=true", "train.iterations=10",
+             "train.log_interval=2"]
+    reference = setup["folder"] / "spnet_reference"
+    assert main(["train", "--output-dir", str(reference)] + _arguments(
+        setup["root"], setup["recipe"], spnet + ["data.num_workers=0"])) == 0
+    overrides = spnet + ["train.checkpoint_interval=1", "data.num_workers=1"]
+    _kill_resume_compare(setup, ["train"], overrides, reference, "spnet_killed", 3)
+
+
+def test_sigkill_then_resume_equals_an_uninterrupted_pretraining_run(setup: dict):
+    """Image-level pretraining too: same checkpoint, optimiser, draws and init file."""
+    corpus = setup["folder"] / "corpus"
+    (corpus / "images").mkdir(parents=True)
+    generator = torch.Generator().manual_seed(0)
+    lines = []
+    for index in range(12):
+        colour = torch.randint(0, 255, (3,), generator=generator)
+        image = (colour.view(1, 1, 3) + torch.randint(0, 30, (20, 20, 3), generator=generator))
+        from PIL import Image
+
+        Image.fromarray(image.clamp(0, 255).byte().numpy()).save(
+            corpus / "images" / f"c{index}.jpg")
+        lines.append(f"c{index} {index % 3}")
+    (corpus / "labels.txt").write_text("\n".join(lines) + "\n")
+    pretrain = ["train.deterministic=true", f"pretrain.corpus={corpus}", "pretrain.iterations=12",
+                "pretrain.batch_size=4", "pretrain.image_size=16", "train.log_interval=3"]
+    arguments = _arguments(setup["root"], setup["recipe"], pretrain)
+    reference = setup["folder"] / "pretrain_reference"
+    assert main(["pretrain", "--output-dir", str(reference)] + arguments) == 0
+    killed = setup["folder"] / "pretrain_killed"
+    _kill_resume_compare(setup, ["pretrain"], [], reference, "pretrain_killed", 3,
+                         arguments + ["--set", "train.checkpoint_interval=1"], metrics=False)
+    _same(torch.load(reference / "backbone_init.pt", weights_only=True),
+          torch.load(killed / "backbone_init.pt", weights_only=True), "init")
 
 
 def test_sigterm_to_the_process_group_checkpoints_and_exits_143(setup: dict):
@@ -194,6 +234,7 @@ def test_sigint_stops_at_the_end_of_the_iteration_with_exit_130(setup: dict, mon
     import cagnet.engine.trainer as trainer
 
     step = trainer.feature_generation_step
+    handler_before = signal.getsignal(signal.SIGINT)  # SIG_IGN when run as a background job
     calls = []
 
     def interrupted_step(*args, **kwargs):
@@ -208,7 +249,7 @@ def test_sigint_stops_at_the_end_of_the_iteration_with_exit_130(setup: dict, mon
                            COMMON + ["train.checkpoint_interval=1000", "data.num_workers=0"])
     assert main(["train", "--output-dir", str(run_dir)] + arguments) == 130
     assert _stop_message_iteration(capsys.readouterr().err, "SIGINT", run_dir) == 6
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+    assert signal.getsignal(signal.SIGINT) is handler_before  # the handler is restored
     monkeypatch.setattr(trainer, "feature_generation_step", step)
     assert main(["train", "--output-dir", str(run_dir), "--resume"] + arguments) == 0
     _assert_identical_runs(setup["reference"], run_dir)

@@ -26,10 +26,23 @@ def add_parser(commands) -> None:
 
 
 def run(arguments: argparse.Namespace) -> int:
+    from cagnet.baselines.spnet import train_spnet
+    from cagnet.baselines.zs3net import train_zs3net
     from cagnet.config import load_config
     from cagnet.engine.trainer import train
 
     config = load_config(arguments.config, arguments.overrides)
+    method = config.baseline.method
+    options = {"resume": arguments.resume, "overwrite": arguments.overwrite}
+    if method == "spnet" and arguments.command == "train":
+        train_spnet(config, arguments.output_dir, **options)
+        return 0
+    if method == "zs3net" and arguments.command == "finetune":
+        train_zs3net(config, arguments.output_dir, arguments.init_checkpoint, **options)
+        return 0
+    if method != "cagnet":
+        raise CagnetError(f"baseline.method {method!r}: SPNet trains with `cagnet train`, "
+                          "ZS3Net with `cagnet finetune --from STEP1_CHECKPOINT`")
     if arguments.command == "finetune" and config.train.stage != "finetune":
         raise CagnetError(f"{arguments.config}: train.stage is {config.train.stage!r}; "
                           "`cagnet finetune` needs a finetune recipe (train.stage: finetune)")

@@ -44,6 +44,8 @@ def build_cagnet(model: ModelConfig, class_embeddings: np.ndarray | torch.Tensor
     """The composed CaGNet over `class_embeddings` (K, E), seen classes first."""
     embeddings = torch.as_tensor(class_embeddings, dtype=torch.float32)
     embed_dim = embeddings.shape[1]
+    # Built first: the modules' random initial weights are drawn in this order.
+    backbone = build_backbone(model, embed_dim, trunk, trunk_channels)
     context = ContextualModule(embed_dim=embed_dim, hidden_channels=model.context_channels,
                                dilations=tuple(model.context_dilations),
                                relu_before_selector=model.relu_before_selector,
@@ -59,8 +61,8 @@ def build_cagnet(model: ModelConfig, class_embeddings: np.ndarray | torch.Tensor
                                   num_classes=embeddings.shape[0],
                                   extra_logit=model.extra_logit,
                                   dropout=model.discriminator_dropout)
-    return CaGNet(build_backbone(model, embed_dim, trunk, trunk_channels), context, generator,
-                  discriminator, embeddings, num_seen, train_scales=tuple(model.train_scales))
+    return CaGNet(backbone, context, generator, discriminator, embeddings, num_seen,
+                  train_scales=tuple(model.train_scales))
 
 
 def build_spnet(model: ModelConfig, class_embeddings: np.ndarray | torch.Tensor, num_seen: int,
