@@ -41,9 +41,16 @@ class DataConfig:
     scale_min: float = 0.5
     scale_max: float = 1.5
     flip: bool = True
+    # Padding of a down-scaled image before the crop: "centred" to max(warp, crop) (the
+    # original release) or "bottom_right" to the crop size.
+    padding: str = "centred"
     mean_bgr: list[float] = field(default_factory=lambda: [104.008, 116.669, 122.675])
     num_workers: int = 2
     on_bad_sample: str = "error"
+    # Periodic validation images: an id list, or that many training ids held out (seeded,
+    # removed from training). Never the test list (val_list).
+    validation_list: str = ""
+    validation_holdout: int = 0
     # Where labels come from (cagnet/datasets/benchmarks.py): "folders" = index PNGs in
     # label_dir; "voc_sbd" = VOC PNG in label_dir, else the SBD `cls/<id>.mat` under sbd_root;
     # "context_mat" = Pascal-Context 459-label `.mat` files in label_dir, mapped by name through
@@ -95,7 +102,9 @@ class LossConfig:
 
     adversarial: str = "l1"
     content: str = "mmd"
-    mmd_grouping: str = "class"
+    # The original: runs of one label in raster order, half the biased MMD^2 (method.md §2).
+    mmd_grouping: str = "raster_runs"
+    mmd_estimator: str = "original"
     mmd_sigmas: list[float] = field(default_factory=lambda: [2.0, 5.0, 10.0, 20.0, 40.0, 60.0])
     mmd_max_pixels_per_class: int = 0
     gradient_penalty: float = 10.0
@@ -109,6 +118,9 @@ class LossConfig:
     discriminator_cls_fake: float = 0.0
     step2_discriminator_cls_fake: float = 0.125
     step2_generator_cls_fake: float = 0.0
+    # "original": the discriminator steps first, the generator and backbone losses are then
+    # back-propagated through the updated one; "simultaneous": all at the same weights.
+    update_order: str = "original"
 
 
 @dataclass
@@ -152,8 +164,15 @@ class TrainConfig:
     batch_size: int = 8
     mixed_period: int = 100
     gen_unseen_rate: float = 9.0
+    # The original's step 2 also steps, with zero gradients, what its loss does not reach
+    # (the generator, the adversarial head): Adam still moves them (engine/steps.py).
+    step2_zero_gradient_steps: bool = True
     log_interval: int = 20
+    # Validation every eval_interval iterations (0 = never) on data.validation_list or
+    # data.validation_holdout images, never the test list; best.pt maximises best_metric
+    # (miou_seen needs no unseen label: the others read unseen labels of held-out images).
     eval_interval: int = 0
+    best_metric: str = "miou_seen"
     checkpoint_interval: int = 1000
     max_nonfinite_steps: int = 5
     # After max_nonfinite_steps non-finite losses in a row: "stop" (TrainingError) or
@@ -177,12 +196,23 @@ class TrainConfig:
 class EvalConfig:
     """Evaluation. `protocol: full` upsamples logits to the label's original resolution (the
     honest default); `protocol: original` compares against labels nearest-downsampled to the
-    feature grid, as the original CaGNet code does. Both warp the test image to `warp_size`."""
+    feature grid, as the original CaGNet code does. Both warp the test image to `warp_size`;
+    every report gives both, `protocol` is the primary one (model selection)."""
 
     protocol: str = "full"
     warp_size: int = 513
     batch_size: int = 1
     max_images: int = 0
+    # Test-time augmentation: logits averaged over these input scales (and their horizontal
+    # flips) on the scale-1 feature grid. Off by default; stated in the report when on.
+    tta: bool = False
+    tta_scales: list[float] = field(default_factory=lambda: [0.75, 1.0, 1.25])
+    tta_flip: bool = True
+    # > 0: also score pixels whose max softmax probability is below it as "no class"
+    # (min_confidence.json; never changes the main scores).
+    min_confidence: float = 0.0
+    # NHWC weights and images in `cagnet eval` / `predict` (faster on CPU, bench numbers).
+    channels_last: bool = True
 
 
 @dataclass
@@ -235,12 +265,14 @@ class SelfTrainingConfig:
     `top_p` (CaGNet): a pixel gets the best-ranked unseen class when one is among its top_p
     predictions (released CaGNet ST configs: VOC 1, Context 16, COCO-Stuff 1). `top_percent`
     (ZS3Net): per image, the top_percent % most confident pixels predicted as unseen.
-    `zero_embedding_for_pseudo_labels`: the original's quirk, a zero generator condition for
-    pseudo-labelled pixels in step-1 iterations."""
+    `labelling`: "online" (the original: each batch labelled by the current model) or
+    "offline" (once, into `data.pseudo_label_dir`). `zero_embedding_for_pseudo_labels`: the
+    original's quirk, a zero generator condition for pseudo-labelled pixels in step 1."""
 
     top_p: int = 1
     top_percent: float = 75.0
-    zero_embedding_for_pseudo_labels: bool = False
+    labelling: str = "online"
+    zero_embedding_for_pseudo_labels: bool = True
 
 
 @dataclass
@@ -261,11 +293,16 @@ class Config:
 
 
 CHOICES: dict[str, tuple[str, ...]] = {
+    "data.padding": ("centred", "bottom_right"),
+    "train.best_metric": ("miou_seen", "hiou", "miou"),
+    "self_training.labelling": ("online", "offline"),
     "data.on_bad_sample": ("error", "skip"),
     "data.layout": ("folders", "voc_sbd", "context_mat", "cocostuff"),
     "loss.adversarial": ("l1", "lsgan", "gan", "wgan_gp"),
     "loss.content": ("mmd", "l1", "mse"),
     "loss.mmd_grouping": ("class", "raster_runs"),
+    "loss.mmd_estimator": ("biased", "original"),
+    "loss.update_order": ("original", "simultaneous"),
     "train.stage": ("step1", "finetune"),
     "train.amp": ("none", "bf16", "fp16"),
     "train.on_nonfinite": ("stop", "rollback"),
@@ -377,10 +414,27 @@ def validate(config: Config) -> None:
         if decay.step <= 0 or decay.start < 0:
             raise ConfigError(f"optim.{name}: expected start >= 0 and step > 0, got "
                               f"start {decay.start}, step {decay.step}")
+    if not config.eval.tta_scales or any(not s > 0 for s in config.eval.tta_scales):
+        raise ConfigError("eval.tta_scales: expected a non-empty list of positive scales, got "
+                          f"{config.eval.tta_scales}")
+    if not 0.0 <= config.eval.min_confidence < 1.0:
+        raise ConfigError("eval.min_confidence: expected a probability in [0, 1) (0 = off), "
+                          f"got {config.eval.min_confidence}")
     _validate_numbers(config)
     _validate_baselines(config)
     if config.train.gen_unseen_rate < 0:
         raise ConfigError(f"train.gen_unseen_rate: expected >= 0, got {config.train.gen_unseen_rate}")
+    if config.train.eval_interval and not (config.data.validation_list
+                                           or config.data.validation_holdout):
+        raise ConfigError("train.eval_interval: periodic validation needs its own images "
+                          "(data.validation_list, or data.validation_holdout training ids), "
+                          "never the test list")
+    if config.data.validation_list and config.data.validation_list == config.data.val_list:
+        raise ConfigError("data.validation_list: the validation images must not be the test "
+                          f"list ({config.data.val_list})")
+    if config.data.validation_holdout < 0:
+        raise ConfigError(f"data.validation_holdout: expected >= 0, got "
+                          f"{config.data.validation_holdout}")
     if config.data.num_workers < 0:
         raise ConfigError(f"data.num_workers: expected >= 0, got {config.data.num_workers}")
     if config.data.layout == "voc_sbd" and not config.data.sbd_root:

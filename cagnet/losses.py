@@ -7,7 +7,7 @@ Label value 255 is ignored everywhere.
 
 Choices made by a config string go through module-level dicts: `ADVERSARIAL_LOSSES`
 ("l1" = the original's mislabelled "lsgan", "lsgan", "gan", "wgan_gp"), `CONTENT_LOSSES`
-("mmd", "l1", "mse") and `MMD_GROUPINGS` ("class", "raster_runs").
+("mmd", "l1", "mse"), `MMD_GROUPINGS` ("class", "raster_runs") and `MMD_ESTIMATORS`.
 """
 
 from __future__ import annotations
@@ -232,7 +232,7 @@ def mmd(x: torch.Tensor, y: torch.Tensor,
 
     Kernel k(a, b) = exp(-||a - b||^2 / (2 sigma)), MMD^2 summed over `sigmas`; 0 when the
     estimate is not positive, with a finite (zero) gradient there. (The original's
-    centred-weight formula equals half of this MMD^2 when N == M.)
+    centred-weight formula equals half of this MMD^2 when N == M: `MMD_ESTIMATORS`.)
     """
     x, y = x.float(), y.float()
     if x.shape[0] == 0 or y.shape[0] == 0:
@@ -270,9 +270,24 @@ def class_mmd_loss(fake: torch.Tensor, real: torch.Tensor, labels: torch.Tensor,
     return torch.stack(terms).mean()
 
 
+def _run_mmd_squared(fake: torch.Tensor, real: torch.Tensor, sigmas: Sequence[float]
+                     ) -> torch.Tensor:
+    """Biased multi-kernel MMD^2 of R paired runs of equal length: (R, L, F) x2 -> (R,)."""
+    def mean_kernel(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        distances = (x.pow(2).sum(-1)[:, :, None] + y.pow(2).sum(-1)[:, None, :]
+                     - 2 * torch.bmm(x, y.transpose(1, 2))).clamp(min=0)
+        return sum(torch.exp(distances / (-2.0 * sigma)).mean(dim=(1, 2)) for sigma in sigmas)
+
+    return mean_kernel(fake, fake) + mean_kernel(real, real) - 2 * mean_kernel(fake, real)
+
+
 def raster_run_mmd_loss(fake: torch.Tensor, real: torch.Tensor, labels: torch.Tensor,
-                        sigmas: Sequence[float] = DEFAULT_MMD_SIGMAS) -> torch.Tensor:
-    """The original's grouping: mean of `mmd` over maximal runs of identical label.
+                        sigmas: Sequence[float] = DEFAULT_MMD_SIGMAS, scale: float = 1.0
+                        ) -> torch.Tensor:
+    """The original's grouping: the mean over maximal runs of identical label of the run's
+    `sqrt(scale * MMD^2)` (0 where not positive). The original's centred weight matrix gives
+    half of the biased MMD^2 for paired runs: `scale=0.5` reproduces its value. Runs of equal
+    length are computed together (batched matmuls), not pixel by pixel.
 
     Args:
         fake, real: (N, F) valid pixels in raster order (batch -> row -> column).
@@ -280,22 +295,36 @@ def raster_run_mmd_loss(fake: torch.Tensor, real: torch.Tensor, labels: torch.Te
     """
     if labels.numel() == 0:
         return fake.float().sum() * 0 + real.float().sum() * 0
+    fake, real = fake.float(), real.float()
     changes = (labels[1:] != labels[:-1]).long()
     run_ids = torch.cat([changes.new_zeros(1), changes.cumsum(0)])
-    lengths = torch.bincount(run_ids).tolist()
-    terms = [mmd(fake_run, real_run, sigmas)
-             for fake_run, real_run in zip(fake.split(lengths), real.split(lengths))]
-    return torch.stack(terms).mean()
+    lengths = torch.bincount(run_ids)
+    starts = torch.cumsum(lengths, 0) - lengths
+    squared = fake.new_zeros(len(lengths))
+    with _full_precision(fake):
+        for length in torch.unique(lengths).tolist():
+            runs = torch.nonzero(lengths == length).squeeze(1)
+            rows = starts[runs][:, None] + torch.arange(length, device=labels.device)[None]
+            squared = squared.index_put((runs,), _run_mmd_squared(fake[rows], real[rows],
+                                                                  sigmas))
+    squared = scale * squared
+    roots = torch.sqrt(squared.clamp(min=1e-12))
+    return torch.where(squared > 0, roots, torch.zeros_like(roots)).mean()
 
 
 MMD_GROUPINGS = {"class": class_mmd_loss, "raster_runs": raster_run_mmd_loss}
+# The MMD^2 estimator: the textbook biased one, or the original's weight matrix (half of it).
+MMD_ESTIMATORS = {"biased": 1.0, "original": 0.5}
 
 
 def _mmd_content(fake: torch.Tensor, real: torch.Tensor, labels: torch.Tensor,
                  sigmas: Sequence[float], grouping: str, max_pixels_per_class: int | None,
-                 generator: torch.Generator | None) -> torch.Tensor:
+                 generator: torch.Generator | None, scale: float) -> torch.Tensor:
     if grouping == "raster_runs":  # the original's grouping never subsamples
-        return raster_run_mmd_loss(fake, real, labels, sigmas)
+        return raster_run_mmd_loss(fake, real, labels, sigmas, scale)
+    if scale != 1.0:
+        return class_mmd_loss(fake, real, labels, sigmas, max_pixels_per_class, generator) \
+            * scale ** 0.5
     return class_mmd_loss(fake, real, labels, sigmas, max_pixels_per_class, generator)
 
 
@@ -308,14 +337,14 @@ def _mse_content(fake: torch.Tensor, real: torch.Tensor, *unused) -> torch.Tenso
 
 
 # Each takes (fake (N, F), real (N, F), labels (N,), sigmas, grouping, max_pixels_per_class,
-# generator) on the valid pixels.
+# generator, MMD^2 scale) on the valid pixels.
 CONTENT_LOSSES = {"mmd": _mmd_content, "l1": _l1_content, "mse": _mse_content}
 
 
 def content_loss(kind: str, fake: torch.Tensor, real: torch.Tensor, labels: torch.Tensor,
                  sigmas: Sequence[float] = DEFAULT_MMD_SIGMAS, grouping: str = "class",
                  max_pixels_per_class: int | None = None,
-                 generator: torch.Generator | None = None,
+                 generator: torch.Generator | None = None, estimator: str = "biased",
                  ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
     """Reconstruction loss between generated and real features on the valid pixels.
 
@@ -325,12 +354,14 @@ def content_loss(kind: str, fake: torch.Tensor, real: torch.Tensor, labels: torc
         fake, real: (B, F, h, w) generated and (detached by the caller) real features.
         labels: (B, h, w) labels on the same grid; `ignore_index` pixels are dropped first.
         max_pixels_per_class, generator: see `class_mmd_loss` ("class" grouping only).
+        estimator: "biased" MMD^2, or the original's "original" (half of it, `MMD_ESTIMATORS`).
 
     Returns 0 (graph-connected) when no pixel is valid.
     """
     function = _lookup(CONTENT_LOSSES, kind, "content loss")
     _lookup(MMD_GROUPINGS, grouping, "MMD grouping")
+    scale = _lookup(MMD_ESTIMATORS, estimator, "MMD estimator")
     valid = labels != ignore_index
     fake_rows, real_rows = _pixel_rows(fake, valid), _pixel_rows(real, valid)
     return function(fake_rows, real_rows, labels[valid], tuple(sigmas), grouping,
-                    max_pixels_per_class, generator)
+                    max_pixels_per_class, generator, scale)

@@ -18,7 +18,7 @@ from cagnet.cli import main
 from cagnet.config import load_config
 from cagnet.datasets.label_sources import read_sbd_mat, voc_colour_map
 from cagnet.tools.prepare import prepare_voc
-from cagnet.datasets.splits import read_class_names, read_split
+from cagnet.datasets.splits import read_class_names, read_id_list, read_split
 from cagnet.errors import DataError
 
 from conftest import REPOSITORY
@@ -190,8 +190,10 @@ def test_context_png_layout_and_missing_list_error(tmp_path: Path, monkeypatch):
                  "data.split=data/context/split_zs3_2.yaml"]
     config = load_config(REPOSITORY / "experiments" / "context.yaml", overrides)
     split = read_split(REPOSITORY / "data" / "context" / "split_zs3_2.yaml", names59)
-    with pytest.raises(DataError, match=r"data/context/train\.txt.*not distributed"):
-        build_dataset(config.data, split, seed=0)
+    missing = load_config(REPOSITORY / "experiments" / "context.yaml",
+                          overrides + ["data.train_list=data/context/train_v2.txt"])
+    with pytest.raises(DataError, match=r"data/context/train_v2\.txt.*convert-lists"):
+        build_dataset(missing.data, split, seed=0)
     (tmp_path / "val.txt").write_text("2008_000002\n")
     config = load_config(REPOSITORY / "experiments" / "context.yaml",
                          overrides + [f"data.val_list={tmp_path / 'val.txt'}"])
@@ -292,3 +294,23 @@ def test_data_check_reports_histogram_and_every_bad_file(tmp_path: Path, capsys)
     for name in ("s1.jpg", "s2.png", "v2.png", "v3.png", "v4.png"):
         assert name in output, name
     assert "5 problems" in output
+
+
+def test_original_npy_split_lists_convert_to_id_lists(tmp_path: Path) -> None:
+    import numpy as np
+
+    paths = np.array(["/users/x/annotations/train/2010_002746",
+                      "./deeplab/annotations/val2017/000000002157.png"])
+    np.save(tmp_path / "list.npy", paths)
+    assert main(["data", "convert-lists", "--npy", str(tmp_path / "list.npy"), "--out",
+                 str(tmp_path / "ids.txt")]) == 0
+    assert (tmp_path / "ids.txt").read_text() == "2010_002746\n000000002157\n"
+    assert main(["data", "convert-lists", "--npy", str(tmp_path / "list.npy"), "--out",
+                 str(tmp_path / "ids.txt"), "--keep-folder"]) == 0
+    assert (tmp_path / "ids.txt").read_text().splitlines()[1] == "val2017/000000002157"
+    np.save(tmp_path / "bad.npy", np.zeros(3))
+    assert main(["data", "convert-lists", "--npy", str(tmp_path / "bad.npy"), "--out",
+                 str(tmp_path / "x.txt")]) == 2
+    shipped = REPOSITORY / "data" / "context"
+    assert len(read_id_list(shipped / "train.txt")) == 4998
+    assert len(read_id_list(shipped / "val.txt")) == 5105

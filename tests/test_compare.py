@@ -58,8 +58,12 @@ def test_compare_end_to_end(tiny_voc: Path, tmp_path: Path) -> None:
     assert stages["signature"]["inputs"]["init"] == finetune["signature"]["inputs"]["init"]
     assert json.loads((out / "compare" / "spnet" / "stage.json").read_text())[
         "signature"]["config"]["train"]["iterations"] == 3
-    # Self-training runs say so in their protocol (their pseudo-labels reach the losses).
-    protocol = json.loads((out / "compare" / "cagnet_st" / "finetune" / "metrics.json")
+    # Self-training runs say so in their protocol (their pseudo-labels reach the losses): the
+    # original's `st` phase labels every batch online; its `st_mixed` finetune uses seen labels.
+    protocol = json.loads((out / "compare" / "cagnet_st" / "step1" / "metrics.json")
+                          .read_text())["protocol"]
+    assert "labelled online by the current model" in protocol["unseen_training_pixels"]
+    protocol = json.loads((out / "compare" / "zs3net_st" / "zs3net" / "metrics.json")
                           .read_text())["protocol"]
     assert "pseudo-labelled" in protocol["unseen_training_pixels"]
     # A second run reuses every finished stage.

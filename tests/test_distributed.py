@@ -173,7 +173,7 @@ def test_torchrun_with_two_processes_matches_one_process(tmp_path: Path):
     recipe.write_text("name: tiny\n")
     overrides = tiny_config_overrides(root) + [
         "train.batch_size=4", "train.iterations=3", "train.log_interval=1",
-        "train.eval_interval=2", "model.generator_dropout=[0,0]",
+        "train.eval_interval=2", "data.validation_holdout=1", "model.generator_dropout=[0,0]",
         "model.discriminator_dropout=0"]
     settings = [argument for item in overrides for argument in ("--set", item)]
     start = tmp_path / "single_step1" / "checkpoints" / "last.pt"

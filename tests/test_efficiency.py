@@ -122,9 +122,13 @@ def test_class_mmd_evaluates_one_kernel_matrix_per_class(monkeypatch):
                         original(x, y, sigmas))
     losses.class_mmd_loss(fake, real, labels, sigmas=(1.0, 2.0))
     assert sorted(calls) == [133, 133, 134]
-    calls.clear()
+    # The raster runs are batched by length: one kernel evaluation per distinct run length.
+    batched = []
+    original_runs = losses._run_mmd_squared
+    monkeypatch.setattr(losses, "_run_mmd_squared", lambda x, y, sigmas: batched.append(
+        tuple(x.shape)) or original_runs(x, y, sigmas))
     losses.raster_run_mmd_loss(fake, real, labels, sigmas=(1.0, 2.0))
-    assert len(calls) == 400
+    assert batched == [(400, 1, 8)]
 
 
 def test_channels_last_keeps_fp32_numerics(tiny_voc: Path):

@@ -195,6 +195,17 @@ def test_deeplab_init_file_becomes_a_model_init(tiny_voc: Path, tmp_path: Path):
     assert kept and all(key.startswith("aspp.") for key in kept)
     stem = model.backbone.state_dict()["res3.0.projection.bn.running_var"] + 1.0
     assert torch.equal(fresh.backbone.state_dict()["res3.0.projection.bn.running_var"], stem)
+    # An init with an ASPP of the embedding's width (COCO-Stuff's SPNet init) keeps it.
+    for key, value in model.backbone.aspp.state_dict().items():
+        branch, name = key.split(".")[1:]
+        init[f"aspp.stages.c{branch}.{name}"] = value.clone() + 2.0
+    torch.save(init, tmp_path / "spnet_init.pth")
+    assert main(["import-checkpoint", "--init-only", str(tmp_path / "spnet_init.pth"),
+                 str(tmp_path / "init2.pt"), "--config",
+                 str(REPOSITORY / "experiments" / "voc12.yaml"), *sets]) == 0
+    assert load_backbone_init(fresh, tmp_path / "init2.pt") == []
+    assert torch.equal(fresh.backbone.aspp.branches[1].bias,
+                       model.backbone.aspp.branches[1].bias + 2.0)
     del init["layer3.block1.reduce.conv.weight"]
     with pytest.raises(CheckpointError, match=r"res3\.0\.reduce\.conv\.weight: missing"):
         convert_backbone_init(init, model.backbone.state_dict())

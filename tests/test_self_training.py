@@ -103,7 +103,8 @@ def test_zero_embedding_switch(tiny_voc: Path, tmp_path: Path, zero: bool,
     overrides, pseudo, step1 = _pseudo_labelled(tiny_voc, tmp_path)
     config = load_config(None, overrides + [
         f"data.pseudo_label_dir={pseudo}", "train.stage=finetune", "train.mixed_period=1",
-        "train.iterations=2", f"self_training.zero_embedding_for_pseudo_labels={zero}"])
+        "train.iterations=2", f"self_training.zero_embedding_for_pseudo_labels={zero}",
+        "self_training.labelling=offline"])
     calls: list = []  # (labels, generator condition) of every generation: step 1, then step 2
     original = CaGNet.generate
 

@@ -1,17 +1,18 @@
 """Self-training runs: CaGNet's trainer on pseudo-labelled training data (method.md §5).
 
-The data side is `data.pseudo_label_dir` (cagnet/datasets/build.py): training labels come from the
-pseudo-label folder, with pseudo-labelled unseen pixels mapped to their model index S..K-1.
-The CaGNet step-1 iteration accepts those labels as they are: they are classification targets
-for the real features, and `CaGNet.condition` gives each its class's real embedding as the
-generator's condition (pseudo-labelled unseen features are then generated and matched too).
+`self_training.labelling`:
+- `online` (the original's `st` phase): every step-1 batch is labelled by the CURRENT model
+  just before its update: an eval-mode forward of the augmented crops, then the top-p rule on
+  the feature grid for the pixels whose training label is 255; the batch trains with those
+  grid labels. The original then runs its `st_mixed` phase, a plain finetune (seen labels
+  only) from the result (`cagnet compare` chains both).
+- `offline`: the labels are computed once, at label resolution, by `pseudo_labels.py` into
+  `data.pseudo_label_dir` (unseen pixels mapped to S..K-1), and both phases train on them.
 
-`self_training.zero_embedding_for_pseudo_labels: true` reproduces the original instead: its
-step-1 condition table held only the seen classes' embeddings, so every pseudo-labelled pixel
-was conditioned on a zero vector. That is done here by zeroing the unseen rows of the model's
-embedding buffer for the duration of each step-1 iteration (the only unseen labels a step-1
-batch holds are pseudo-labels) and restoring them before anything else runs; step-2
-iterations, which sample unseen classes on purpose, keep the real embeddings.
+`self_training.zero_embedding_for_pseudo_labels: true` (the original) conditions the generator
+on a zero vector for pseudo-labelled pixels (its step-1 condition table held only the seen
+classes): the unseen rows of the model's embedding buffer are zero for the duration of each
+step-1 iteration and restored right after; step-2 iterations keep the real embeddings.
 """
 
 from __future__ import annotations
@@ -22,11 +23,14 @@ from typing import Iterator
 
 import torch
 
+from cagnet import losses
+from cagnet.baselines.pseudo_labels import top_p_rule
 from cagnet.config import Config
 from cagnet.engine import trainer
 from cagnet.engine.loop import TrainResult
 from cagnet.errors import ConfigError
 from cagnet.models.cagnet_model import CaGNet
+
 
 @contextlib.contextmanager
 def zero_unseen_conditions(model: CaGNet) -> Iterator[None]:
@@ -43,26 +47,37 @@ def zero_unseen_conditions(model: CaGNet) -> Iterator[None]:
             buffer[model.num_seen:] = saved
 
 
-class ZeroPseudoEmbeddingTraining(trainer.CaGNetTraining):
-    """CaGNet training whose step-1 iterations condition pseudo-labelled pixels on zeros."""
+class SelfTraining(trainer.CaGNetTraining):
+    """CaGNet training whose step-1 batches carry pseudo-labels (see the module docstring)."""
 
     def step(self, iteration: int, batch: dict | None) -> dict[str, float]:
+        settings = self.settings.self_training
         if batch is None:  # step 2
+            return super().step(iteration, batch)
+        if settings.labelling == "online":
+            batch = {**batch, "label": self.online_labels(batch)}
+        if not settings.zero_embedding_for_pseudo_labels:
             return super().step(iteration, batch)
         with zero_unseen_conditions(self.model):
             return super().step(iteration, batch)
+
+    @torch.no_grad()
+    def online_labels(self, batch: dict) -> torch.Tensor:
+        """(b, h, w) grid labels: the batch's own labels, resized (nearest) to the feature
+        grid, with the current model's top-p unseen class on the ignored pixels."""
+        self.model.eval()
+        logits = self.model.segment(self.execution.images_to_device(batch["image"])).float()
+        labels = losses.resize_labels(batch["label"].to(logits.device), logits.shape[-2:])
+        return top_p_rule(logits, labels, self.model.num_seen, self.settings.self_training.top_p)
 
 
 def train_self_training(config: Config, run_dir: str | Path, init_checkpoint: str | Path, *,
                         overwrite: bool = False, show_progress: bool = True
                         ) -> TrainResult:
-    """Step 1 or the mixed finetune (`config.train.stage`) on `data.pseudo_label_dir`, starting
-    from `init_checkpoint`. With the zero-embedding switch off this is exactly `train`."""
-    if not config.data.pseudo_label_dir:
-        raise ConfigError("data.pseudo_label_dir: a self-training run needs the pseudo-label "
+    """Step 1 or the mixed finetune (`config.train.stage`) on pseudo-labels (online, or from
+    `data.pseudo_label_dir`), starting from `init_checkpoint`."""
+    if config.self_training.labelling == "offline" and not config.data.pseudo_label_dir:
+        raise ConfigError("data.pseudo_label_dir: offline self-training needs the pseudo-label "
                           "folder (written by cagnet.baselines.pseudo_labels)")
-    method_class = (ZeroPseudoEmbeddingTraining
-                    if config.self_training.zero_embedding_for_pseudo_labels
-                    else trainer.CaGNetTraining)
     return trainer.train(config, run_dir, init_checkpoint=init_checkpoint, overwrite=overwrite,
-                         show_progress=show_progress, method_class=method_class)
+                         show_progress=show_progress, method_class=SelfTraining)

@@ -37,6 +37,15 @@ def add_parser(commands) -> None:
     coco.add_argument("--out-dir", default=None, help="where the lists go (default: --root)")
     coco.set_defaults(handler=run_prepare_cocostuff)
 
+    lists = tools.add_parser("convert-lists", help="the original release's split .npy lists "
+                             "(Context, COCO-Stuff) -> id lists")
+    lists.add_argument("--npy", required=True, help="e.g. dataset/context/split/train_list.npy")
+    lists.add_argument("--out", required=True, help="the id list to write, e.g. "
+                       "data/context/train.txt")
+    lists.add_argument("--keep-folder", action="store_true", help="ids as folder/stem "
+                       "(COCO-Stuff: train2017/<id>)")
+    lists.set_defaults(handler=run_convert_lists)
+
     check = tools.add_parser("check", help="verify a dataset on disk: layout, image counts, "
                              "class histogram, unseen training pixels, every bad file")
     check.add_argument("--dataset", choices=BENCHMARK_RECIPES,
@@ -90,6 +99,14 @@ def run_prepare_cocostuff(arguments: argparse.Namespace) -> int:
     counts = prepare_cocostuff(arguments.root, arguments.out_dir)
     for split, count in counts.items():
         print(f"{split}: {count} ids written to {arguments.out_dir or arguments.root}/{split}.txt")
+    return 0
+
+
+def run_convert_lists(arguments: argparse.Namespace) -> int:
+    from cagnet.tools.prepare import convert_npy_list
+
+    count = convert_npy_list(arguments.npy, arguments.out, arguments.keep_folder)
+    print(f"{count} ids written to {arguments.out}")
     return 0
 
 

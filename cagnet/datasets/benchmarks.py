@@ -98,9 +98,9 @@ def missing_list_hint(path: Path) -> str:
         return ("derive it from VOC 2012 + SBD with `cagnet data prepare-voc --voc VOC2012 "
                 "--sbd benchmark_RELEASE`")
     if "context" in name:
-        return ("the Pascal-Context train (4,998) / val (5,105) id lists are not distributed "
-                "with the labels: put them at data/context/train.txt and data/context/val.txt "
-                "(one VOC2010 id per line; see data/context/README.md)")
+        return ("the Pascal-Context train (4,998) / val (5,105) id lists ship as "
+                "data/context/train.txt and val.txt; `cagnet data convert-lists` converts the "
+                "original release's .npy lists (data/context/README.md)")
     return "expected a text file with one image id per line"
 
 

@@ -67,9 +67,20 @@ def build_benchmark(config: Config) -> Benchmark:
     return Benchmark(split, rows, metadata, embedding_path)
 
 
+def holdout_ids(ids: list[str], count: int, seed: int) -> list[str]:
+    """`count` training ids held out for validation: a seeded choice, in list order."""
+    if count >= len(ids):
+        raise DataError(f"data.validation_holdout: {count} ids held out of a training list of "
+                        f"{len(ids)}: nothing would be left to train on")
+    chosen = np.random.default_rng([seed, 4242]).choice(len(ids), count, replace=False)
+    return [ids[index] for index in sorted(chosen)]
+
+
 def build_dataset(data: DataConfig, split: ClassSplit, seed: int, part: str = "train",
                   eval_warp: int | None = None) -> SegmentationDataset:
-    """The images of `part` ("train": `data.train_list`, "test": `data.val_list`).
+    """The images of `part`: "train" (`data.train_list` minus the held-out validation ids),
+    "validation" (`data.validation_list`, or the held-out training ids) or "test"
+    (`data.val_list`).
 
     Training images are augmented (`TrainTransform`) and labelled through the training lookup
     (seen classes, everything else 255), unless `eval_warp` is given: then they are only warped,
@@ -82,12 +93,19 @@ def build_dataset(data: DataConfig, split: ClassSplit, seed: int, part: str = "t
     if not root.is_dir():
         raise DataError(f"data.root: dataset folder not found: {root}")
     source = benchmarks.label_source(data, root, split.class_names)
-    if part == "test":
-        ids = benchmarks.read_image_ids(resolve_path(data.val_list, root), data, root)
+    listed = {"test": data.val_list, "validation": data.validation_list}.get(part)
+    if listed:
+        ids = benchmarks.read_image_ids(resolve_path(listed, root), data, root)
+    else:
+        ids = benchmarks.read_image_ids(resolve_path(data.train_list, root), data, root)
+        held_out = set(holdout_ids(ids, data.validation_holdout, seed)) \
+            if data.validation_holdout else set()
+        keep = part == "validation"
+        ids = [image_id for image_id in ids if (image_id in held_out) == keep]
+    if part != "train":
         return benchmarks.make_dataset(data, root, ids, source, split.test_lookup(),
                                        split.known_ids(), EvalTransform(tuple(data.mean_bgr),
                                                                         eval_warp or 513), seed)
-    ids = benchmarks.read_image_ids(resolve_path(data.train_list, root), data, root)
     if data.drop_images_with_unseen:
         ids = benchmarks.drop_images_with_unseen(ids, source, split.unseen_ids,
                                                  data.on_bad_sample == "skip",
@@ -105,7 +123,7 @@ def build_dataset(data: DataConfig, split: ClassSplit, seed: int, part: str = "t
         lookup = split.test_lookup()
     transform = EvalTransform(tuple(data.mean_bgr), eval_warp) if eval_warp else \
         TrainTransform(tuple(data.mean_bgr), data.warp_size, data.crop_size, data.scale_min,
-                       data.scale_max, data.flip)
+                       data.scale_max, data.flip, data.padding)
     return benchmarks.make_dataset(data, root, ids, source, lookup, split.known_ids(),
                                    transform, seed)
 

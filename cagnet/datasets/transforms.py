@@ -39,8 +39,9 @@ def to_chw(image: np.ndarray) -> np.ndarray:
 @dataclass(frozen=True)
 class TrainTransform:
     """Mean subtraction -> warp to `warp_size` (aspect not kept) -> random scale
-    U(`scale_min`, `scale_max`) -> pad to at least `crop_size` (image 0, label 255) -> random
-    crop -> horizontal flip with probability 0.5."""
+    U(`scale_min`, `scale_max`) -> pad (image 0, label 255) -> random crop -> horizontal flip
+    with probability 0.5. `padding: centred` pads to max(warp_size, crop_size) on all sides
+    (the original release); `bottom_right` pads to the crop size at the bottom and right."""
 
     mean_bgr: tuple[float, float, float]
     warp_size: int
@@ -48,6 +49,7 @@ class TrainTransform:
     scale_min: float = 0.5
     scale_max: float = 1.5
     flip: bool = True
+    padding: str = "centred"
 
     def __call__(self, image_bgr: np.ndarray, label: np.ndarray, rng: np.random.Generator
                  ) -> tuple[np.ndarray, np.ndarray]:
@@ -56,11 +58,13 @@ class TrainTransform:
         scale = rng.uniform(self.scale_min, self.scale_max)
         size = max(1, int(round(self.warp_size * scale)))
         image, label = resize_pair(image, label, size, size)
-        pad = max(self.crop_size - size, 0)
+        centred = self.padding == "centred"
+        pad = max((max(self.warp_size, self.crop_size) if centred else self.crop_size) - size, 0)
         if pad:
-            image = cv2.copyMakeBorder(image, 0, pad, 0, pad, cv2.BORDER_CONSTANT, value=0.0)
-            label = cv2.copyMakeBorder(label, 0, pad, 0, pad, cv2.BORDER_CONSTANT,
-                                       value=IGNORE_INDEX)
+            before = pad // 2 if centred else 0
+            sides = (before, pad - before, before, pad - before)
+            image = cv2.copyMakeBorder(image, *sides, cv2.BORDER_CONSTANT, value=0.0)
+            label = cv2.copyMakeBorder(label, *sides, cv2.BORDER_CONSTANT, value=IGNORE_INDEX)
         top = int(rng.integers(0, image.shape[0] - self.crop_size + 1))
         left = int(rng.integers(0, image.shape[1] - self.crop_size + 1))
         image = image[top:top + self.crop_size, left:left + self.crop_size]

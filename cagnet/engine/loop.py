@@ -56,6 +56,7 @@ class LoopSettings:
     log_interval: int = 50
     checkpoint_interval: int = 1000
     eval_interval: int = 0
+    best_metric: str = "miou_seen"
     on_nonfinite: str = "stop"
     max_nonfinite_steps: int = 5
     rollback_lr_factor: float = 0.5
@@ -65,8 +66,8 @@ class LoopSettings:
     def from_train(cls, train: TrainConfig, iterations: int | None = None) -> "LoopSettings":
         return cls(iterations if iterations is not None else train.iterations, train.seed,
                    train.log_interval, train.checkpoint_interval, train.eval_interval,
-                   train.on_nonfinite, train.max_nonfinite_steps, train.rollback_lr_factor,
-                   train.max_rollbacks)
+                   train.best_metric, train.on_nonfinite, train.max_nonfinite_steps,
+                   train.rollback_lr_factor, train.max_rollbacks)
 
 
 @dataclass
@@ -115,7 +116,7 @@ class Method:
         """Files describing the run (config.yaml, protocol.json), written at the start."""
 
     def validate(self, iteration: int, log: RunLog) -> dict | None:
-        """Periodic validation scores (`hiou` picks `best.pt`), or None."""
+        """Periodic validation scores (`LoopSettings.best_metric` picks `best.pt`), or None."""
         return None
 
     def evaluate(self, report_dir: Path | None, log: RunLog) -> dict | None:
@@ -263,11 +264,11 @@ class TrainingLoop:
                 and done != settings.iterations:
             scores = self.method.validate(done, self.log)
             if scores is not None:
-                self.log.write("val", done, scalar_scores(scores))
+                self.log.write("validation", done, scalar_scores(scores))
                 LOGGER.info("iteration %d: %s", done, format_scores_line(scores))
-                if math.isfinite(scores.get("hiou", math.nan)) \
-                        and scores["hiou"] > self.state.best_hiou:
-                    self.state.best_hiou = scores["hiou"]
+                score = scores.get(settings.best_metric, math.nan)
+                if math.isfinite(score) and score > self.state.best_score:
+                    self.state.best_score = score
                     self.checkpoint("best.pt", scores)
         # No periodic checkpoint inside a non-finite streak: a rollback must land before it.
         if done % settings.checkpoint_interval == 0 and done != settings.iterations \
@@ -367,7 +368,7 @@ class TrainingLoop:
                               f"evaluate it with `cagnet eval --checkpoint {final_path}` once "
                               "this is fixed)") from None
         if scores is not None:
-            self.log.write("val", self.settings.iterations, scalar_scores(scores))
+            self.log.write("test", self.settings.iterations, scalar_scores(scores))
             LOGGER.info("final: %s", format_scores_line(scores))
         self.method.finish(report_dir)
         return TrainResult(self.run_dir, final_path, scores, list(self.state.skipped_samples))

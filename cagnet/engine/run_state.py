@@ -2,7 +2,7 @@
 continues exactly as if never stopped.
 
 Schedules and random draws are functions of the iteration, so the weights need nothing else.
-What the loop itself accumulates does: the best validation hIoU, the ids of skipped samples,
+What the loop itself accumulates does: the best validation score, the ids of skipped samples,
 the non-finite streak and rollback counters, the partial sums of the current log interval (else
 the first log record after a resume would average fewer iterations), and the size of
 `log.jsonl` when the checkpoint was written (records past it are truncated on resume).
@@ -62,18 +62,18 @@ class RunState:
     """Everything of the loop that a checkpoint must carry besides model and optimisers."""
 
     iteration: int = 0
-    best_hiou: float = -1.0
+    best_score: float = -1.0
     skipped_samples: list[str] = field(default_factory=list)
     interval: IntervalStats = field(default_factory=IntervalStats)
 
     def extra(self, nonfinite: dict, log_bytes: int, scores: dict | None = None) -> dict:
         """The checkpoint's `extra` dict (plain types only: loaded with weights_only=True)."""
-        return {"best_hiou": self.best_hiou, "skipped_samples": list(self.skipped_samples),
+        return {"best_score": self.best_score, "skipped_samples": list(self.skipped_samples),
                 "interval": self.interval.state_dict(), "nonfinite": dict(nonfinite),
                 "log_bytes": int(log_bytes), "scores": scores or {}}
 
     def load(self, iteration: int, extra: dict) -> None:
         self.iteration = int(iteration)
-        self.best_hiou = float(extra.get("best_hiou", -1.0))
+        self.best_score = float(extra.get("best_score", -1.0))
         self.skipped_samples = [str(name) for name in extra.get("skipped_samples", [])]
         self.interval.load_state_dict(extra.get("interval", {}))

@@ -93,15 +93,16 @@ def _backward(total: torch.Tensor, parameters: list[torch.nn.Parameter], retain:
     return False
 
 
-def _apply_updates(updates: list[Update], scaler: torch.amp.GradScaler,
-                   sync: BatchSync) -> dict[str, float]:
-    """Sum each optimiser's gradients across ranks, step it through the scaler, then one
-    `scaler.update()`. Returns the scale and whether it dropped (an fp16 overflow skipped
-    steps) when the scaler is enabled."""
+def _apply_updates(updates: list[Update], scaler: torch.amp.GradScaler, sync: BatchSync,
+                   update_scale: bool = True, stepped_before: bool = False) -> dict[str, float]:
+    """Sum each optimiser's gradients across ranks, step it through the scaler, then (unless
+    more steps follow in this iteration) one `scaler.update()` when anything stepped in the
+    iteration. Returns the scale and whether it dropped (an fp16 overflow skipped steps) when
+    the scaler is enabled."""
     for optimizer, parameters in updates:
         sync.reduce_gradients(parameters)
         scaler.step(optimizer)
-    if not updates or not scaler.is_enabled():
+    if not update_scale or not (updates or stepped_before) or not scaler.is_enabled():
         return {}
     before = scaler.get_scale()
     scaler.update()
@@ -148,7 +149,51 @@ def feature_generation_step(model: torch.nn.Module, images: torch.Tensor, labels
         fake_output = model.discriminator(fake)
     terms = _step1_terms(model, output, real_outputs, fake, fake_output, labels, grid_labels,
                          loss, train_backbone, sync)
+    totals = _step1_totals(terms, loss, train_backbone)
+    numbers, finite = _as_floats({**terms, **totals})  # one device-to-host copy
+    if not sync.all_true(finite, images.device):
+        optimizers.zero_grad()
+        return {**{name: numbers[name] for name in terms}, "skipped": 1.0}
 
+    discriminator_parameters = _trainable(model.discriminator)
+    updates: list[Update] = []
+    if _backward(totals["loss_discriminator"], discriminator_parameters, True, scaler):
+        updates.append((optimizers.discriminator, discriminator_parameters))
+    stepped = False
+    if loss.update_order == "original":
+        # The original steps the discriminator, then back-propagates the generator and
+        # backbone losses through the UPDATED discriminator: a second pass of the (small)
+        # discriminator, never of the backbone; its dropout draws new masks, as there.
+        _apply_updates(updates, scaler, sync, update_scale=False)
+        stepped, updates = bool(updates), []
+        with context.autocast():
+            real_outputs = [model.discriminator(feature) for feature in output.features]
+            fake_output = model.discriminator(fake)
+        terms = {**terms, **_step1_terms(model, output, real_outputs, fake, fake_output, labels,
+                                         grid_labels, loss, train_backbone, sync,
+                                         only_discriminator_terms=True)}
+        totals = _step1_totals(terms, loss, train_backbone)
+        second, finite = _as_floats({key: totals[key] for key in totals
+                                     if key != "loss_discriminator"})
+        numbers.update(second)
+        if not sync.all_true(finite, images.device):  # the discriminator has stepped
+            optimizers.zero_grad()
+            return {**numbers, **_apply_updates([], scaler, sync, stepped_before=stepped),
+                    "skipped": 1.0}
+    generator_parameters = _trainable(model.generator)
+    if _backward(totals["loss_generator"], generator_parameters, train_backbone, scaler):
+        updates.append((optimizers.generator, generator_parameters))
+    if train_backbone:
+        backbone_parameters = _trainable(model.backbone) + _trainable(model.context)
+        if _backward(totals["loss_backbone"], backbone_parameters, False, scaler):
+            updates.append((optimizers.backbone, backbone_parameters))
+    return {**numbers, **_apply_updates(updates, scaler, sync, stepped_before=stepped),
+            "skipped": 0.0}
+
+
+def _step1_totals(terms: dict[str, torch.Tensor], loss: LossConfig,
+                  train_backbone: bool) -> dict[str, torch.Tensor]:
+    """The three weighted totals of a step-1 iteration (every coefficient is applied here)."""
     zero = terms["cls_real"].new_zeros(())
     totals = {
         "loss_discriminator": loss.discriminator_adversarial * terms["gan_d"]
@@ -161,30 +206,16 @@ def feature_generation_step(model: torch.nn.Module, images: torch.Tensor, labels
     }
     if train_backbone:
         totals["loss_backbone"] = loss.kl * terms["kl"] + loss.backbone_cls_real * terms["cls_real"]
-    numbers, finite = _as_floats({**terms, **totals})  # one device-to-host copy
-    if not sync.all_true(finite, images.device):
-        optimizers.zero_grad()
-        return {**{name: numbers[name] for name in terms}, "skipped": 1.0}
-
-    updates: list[Update] = []
-    discriminator_parameters = _trainable(model.discriminator)
-    if _backward(totals["loss_discriminator"], discriminator_parameters, True, scaler):
-        updates.append((optimizers.discriminator, discriminator_parameters))
-    generator_parameters = _trainable(model.generator)
-    if _backward(totals["loss_generator"], generator_parameters, train_backbone, scaler):
-        updates.append((optimizers.generator, generator_parameters))
-    if train_backbone:
-        backbone_parameters = _trainable(model.backbone) + _trainable(model.context)
-        if _backward(totals["loss_backbone"], backbone_parameters, False, scaler):
-            updates.append((optimizers.backbone, backbone_parameters))
-    return {**numbers, **_apply_updates(updates, scaler, sync), "skipped": 0.0}
+    return totals
 
 
 def _step1_terms(model: torch.nn.Module, output, real_outputs: list, fake: torch.Tensor,
                  fake_output, labels: torch.Tensor, grid_labels: torch.Tensor, loss: LossConfig,
-                 train_backbone: bool, sync: BatchSync) -> dict[str, torch.Tensor]:
+                 train_backbone: bool, sync: BatchSync, only_discriminator_terms: bool = False
+                 ) -> dict[str, torch.Tensor]:
     """The raw step-1 terms (fp32 scalars) over the global batch: every tensor a loss reads is
-    gathered from all ranks (the identity in one process).
+    gathered from all ranks (the identity in one process). `only_discriminator_terms`: just
+    the ones read through the discriminator by the generator and backbone totals.
 
     Args:
         output: the model's `MultiScaleOutput`; real_outputs / fake_output: discriminator
@@ -198,15 +229,23 @@ def _step1_terms(model: torch.nn.Module, output, real_outputs: list, fake: torch
     terms: dict[str, torch.Tensor] = {}
     terms["cls_real"] = losses.multi_scale_classification_loss(
         [gather(out.class_logits).float() for out in real_outputs], gather(labels))
-    terms["gan_d"] = losses.adversarial_discriminator_loss(
-        loss.adversarial, gather(real_outputs[0].adversarial_logit).float(), fake_adversarial,
-        valid)
+    if not only_discriminator_terms:
+        terms["gan_d"] = losses.adversarial_discriminator_loss(
+            loss.adversarial, gather(real_outputs[0].adversarial_logit).float(),
+            fake_adversarial, valid)
     terms["gan_g"] = losses.adversarial_generator_loss(loss.adversarial, fake_adversarial, valid)
+    cls_fake = loss.discriminator_cls_fake or loss.generator_cls_fake
+    if only_discriminator_terms:
+        if cls_fake:
+            terms["cls_fake"] = losses.classification_loss(
+                gather(fake_output.class_logits).float(), all_grid_labels)
+        return terms
     terms["content"] = losses.content_loss(
         loss.content, gather(fake).float(), gather(output.scale1.feature.detach()).float(),
         all_grid_labels, sigmas=loss.mmd_sigmas, grouping=loss.mmd_grouping,
-        max_pixels_per_class=loss.mmd_max_pixels_per_class or None)
-    if loss.discriminator_cls_fake or loss.generator_cls_fake:
+        max_pixels_per_class=loss.mmd_max_pixels_per_class or None,
+        estimator=loss.mmd_estimator)
+    if cls_fake:
         terms["cls_fake"] = losses.classification_loss(
             gather(fake_output.class_logits).float(), all_grid_labels)
     if loss.adversarial == "wgan_gp":
@@ -297,3 +336,20 @@ def classifier_step(model: torch.nn.Module, optimizers: Optimizers, loss: LossCo
     results.update(_apply_updates(updates, scaler, sync))
     results["skipped"] = 0.0
     return results
+
+
+def zero_gradient_steps(model: torch.nn.Module, optimizers: Optimizers,
+                        generator_trained: bool) -> None:
+    """The original release's step 2 also steps the parameters its loss does not reach, with
+    zero gradients: the discriminator's adversarial head and (when its step-2 coefficient is 0)
+    the generator. Adam still moves them (its momentum and weight decay); this reproduces that
+    after a `classifier_step` (`train.step2_zero_gradient_steps`)."""
+    optimizers.zero_grad()
+    updates = [(optimizers.discriminator, list(model.discriminator.adversarial_head.parameters()))]
+    if not generator_trained:
+        updates.append((optimizers.generator, _trainable(model.generator)))
+    for optimizer, parameters in updates:
+        for parameter in parameters:
+            parameter.grad = torch.zeros_like(parameter)
+        optimizer.step()
+    optimizers.zero_grad()

@@ -25,7 +25,8 @@ from cagnet.engine.optim import build_optimizers, set_learning_rates
 from cagnet.engine.protocol import protocol_card
 from cagnet.engine.run_dir import check_listed_files, report_skipped_samples
 from cagnet.engine.schedules import is_step2_iteration, iteration_seed
-from cagnet.engine.steps import LabelDraw, classifier_step, feature_generation_step
+from cagnet.engine.steps import (LabelDraw, classifier_step, feature_generation_step,
+                                 zero_gradient_steps)
 from cagnet.models.build import build_cagnet
 from cagnet.utils import distributed
 from cagnet.utils.io import atomic_write_json
@@ -65,6 +66,9 @@ class CaGNetTraining(loop.Method):
         # Each rank evaluates a strided share; evaluate() all-reduces the confusion matrices.
         self.eval_loader = CleanWorkerErrors(
             execution.evaluation_loader(eval_loader, config.eval.max_images))
+        self.validation_loader = CleanWorkerErrors(execution.evaluation_loader(
+            build_eval_loader(config, benchmark.split, "validation"))) \
+            if config.train.eval_interval else None
         self.grid = model.feature_size(config.data.crop_size, config.data.crop_size)
 
     def _is_step2(self, iteration: int) -> bool:
@@ -107,8 +111,12 @@ class CaGNetTraining(loop.Method):
                                                                      iteration))
             draw = LabelDraw(config.train.batch_size, self.grid, config.train.gen_unseen_rate,
                              generator)
-            return classifier_step(self.model, self.cagnet_optimizers, config.loss, draw,
-                                   execution.step_context)
+            terms = classifier_step(self.model, self.cagnet_optimizers, config.loss, draw,
+                                    execution.step_context)
+            if config.train.step2_zero_gradient_steps and not terms["skipped"]:
+                zero_gradient_steps(self.model, self.cagnet_optimizers,
+                                    config.loss.step2_generator_cls_fake != 0)
+            return terms
         images = execution.images_to_device(batch["image"])
         labels = batch["label"].to(execution.device, non_blocking=True)
         return feature_generation_step(self.model, images, labels, self.cagnet_optimizers,
@@ -116,8 +124,9 @@ class CaGNetTraining(loop.Method):
                                        config.train.stage == "step1")
 
     def validate(self, iteration: int, log: RunLog) -> dict:
-        scores = self._evaluate(None, "")
-        log_evaluation_panel(log, iteration, self.model, self.eval_loader,
+        """Scores on the validation images (never the test list)."""
+        scores = self._evaluate(None, "", self.validation_loader)
+        log_evaluation_panel(log, iteration, self.model, self.validation_loader,
                              self.settings.data.mean_bgr, self.execution.device)
         return scores
 
@@ -129,9 +138,9 @@ class CaGNetTraining(loop.Method):
                              self.settings.data.mean_bgr, self.execution.device)
         return scores
 
-    def _evaluate(self, report_dir: Path | None, title: str) -> dict:
+    def _evaluate(self, report_dir: Path | None, title: str, loader=None) -> dict:
         card = protocol_card(self.settings, self.benchmark.split, self.benchmark.embedding_dim)
-        return evaluate_and_report(self.model, self.eval_loader, self.settings.eval,
+        return evaluate_and_report(self.model, loader or self.eval_loader, self.settings.eval,
                                    self.benchmark.split, card, self.execution.device,
                                    report_dir, title, self.execution.autocast)
 

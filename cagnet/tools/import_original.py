@@ -12,8 +12,9 @@ L2 normalisation; a mismatch is a warning (the model uses the project's file).
 
 `import_backbone_init` turns a DeepLab-v2 init file (`deeplabv2_resnet101_init.pth`) or a
 torchvision ResNet state dict into a `{"backbone": ...}` init for `model.init`: every trunk key
-(stem, res2..res5) must be present; ASPP and classifier heads (`aspp.*`, `fc*`) are ignored and
-listed. torchvision trunks expect RGB in [0, 1] normalised by their mean / std, the DeepLab
+(stem, res2..res5) must be present; an ASPP whose width is the embedding dimension is kept (the
+original loads the whole init, e.g. COCO-Stuff's SPNet init with its trained 600-d ASPP), any
+other ASPP (DeepLab's class scores) and classifier heads (`fc*`) are ignored and listed. torchvision trunks expect RGB in [0, 1] normalised by their mean / std, the DeepLab
 pipeline feeds BGR 0..255 minus the Caffe mean; the first conv is converted for that (input
 channels reversed and divided by 255 * std; the two means differ by under one grey level, which
 is ignored).
@@ -28,13 +29,13 @@ from pathlib import Path
 import torch
 
 from cagnet.errors import CheckpointError
-from cagnet.tools.original_keys import (EMBEDDING_TABLES, original_key, to_original_key,
-                                         torchvision_trunk_key, trunk_key)
+from cagnet.tools.original_keys import (EMBEDDING_TABLES, aspp_key, original_key,
+                                        to_original_key, torchvision_trunk_key, trunk_key)
 
 LOGGER = logging.getLogger("cagnet")
 TORCHVISION_STD_RGB = (0.229, 0.224, 0.225)
 INIT_PREFIXES = ("module.", "back.scale.", "scale.", "back.")
-IGNORED_INIT_PREFIXES = ("aspp.", "fc", "classifier.", "contextual", "gen.", "dis.", "Em_")
+IGNORED_INIT_PREFIXES = ("fc", "classifier.", "contextual", "gen.", "dis.", "Em_")
 
 
 @dataclass
@@ -182,7 +183,13 @@ def convert_backbone_init(weights: dict[str, torch.Tensor],
             result.ignored.append(key)
             continue
         mapping = torchvision_trunk_key if torchvision else trunk_key
-        target = mapping(inner.replace("num_batches_tracked", "running_mean"))
+        target = mapping(inner.replace("num_batches_tracked", "running_mean")) \
+            or aspp_key(inner)
+        if target is not None and target.startswith("aspp.") and (
+                target not in reference or value.shape != reference[target].shape):
+            # An ASPP of another width (DeepLab's class scores) is not the model's: left out.
+            result.ignored.append(key)
+            continue
         if target is None or target not in reference:
             problems.append(f"{key}: unmatched (no trunk key)")
             continue
@@ -243,11 +250,21 @@ def import_backbone_init(weights_path: str | Path, out_path: str | Path, config)
     from cagnet.models import DeepLabV2
     from cagnet.utils.io import atomic_torch_save
 
+    from cagnet.class_embeddings import load_class_embeddings
+    from cagnet.datasets.build import resolve_path
+    from cagnet.errors import CagnetError
+
     weights, _ = load_original(weights_path)
     model = config.model
+    try:  # the ASPP's width is the embedding dimension: a matching ASPP is kept, as in the
+        # original (it loads the whole init with strict=False: COCO-Stuff's SPNet init)
+        embed_dim = load_class_embeddings(resolve_path(config.embeddings.path,
+                                                       config.data.root))[0].shape[1]
+    except CagnetError:
+        embed_dim = 0
     with torch.device("meta"):  # shapes only: no memory, no initialisation cost
         backbone = DeepLabV2(blocks_per_stage=tuple(model.blocks_per_stage),
-                             base_width=model.base_width, embed_dim=8,
+                             base_width=model.base_width, embed_dim=max(embed_dim, 1),
                              aspp_dilations=tuple(model.aspp_dilations))
     conversion = convert_backbone_init(weights, backbone.state_dict())
     atomic_torch_save(out_path, {"backbone": {key: value.contiguous() for key, value

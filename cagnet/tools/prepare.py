@@ -104,3 +104,24 @@ def prepare_cocostuff(root: str | Path, out_dir: str | Path | None = None,
         atomic_write_text(out / f"{split}.txt", "\n".join(ids) + "\n")
         counts[split] = len(ids)
     return counts
+
+
+def convert_npy_list(npy_path: str | Path, out_path: str | Path, keep_folder: bool = False
+                     ) -> int:
+    """The original release's split list (a `.npy` array of annotation paths, e.g.
+    `/users/pascal_context/annotations/train/2010_002746`) -> our id list: one file stem per
+    line (`2010_002746`), or `folder/stem` with `keep_folder` (COCO-Stuff: `val2017/<id>`).
+    Read with `allow_pickle=False`. Returns the number of ids."""
+    import numpy as np
+
+    try:
+        paths = np.load(npy_path, allow_pickle=False)
+    except (OSError, ValueError) as error:
+        raise DataError(f"{npy_path}: not a .npy array of paths ({error})") from None
+    if paths.ndim != 1 or paths.dtype.kind != "U" or not len(paths):
+        raise DataError(f"{npy_path}: expected a 1-d array of path strings, got "
+                        f"{paths.dtype} {paths.shape}")
+    ids = [f"{Path(path).parent.name}/{Path(path).stem}" if keep_folder else Path(path).stem
+           for path in paths.tolist()]
+    atomic_write_text(out_path, "".join(f"{image_id}\n" for image_id in ids))
+    return len(ids)

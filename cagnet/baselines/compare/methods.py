@@ -161,38 +161,56 @@ def _st_protocol(pseudo: StageOutcome, zero_embedding: bool | None) -> dict:
 
 
 def cagnet_self_training(pipeline: ComparePipeline, entries: dict) -> None:
+    """The original's `st` phase (step 1 on pseudo-labels, online by default) then its
+    `st_mixed` phase (the mixed finetune on the plain seen labels); offline labelling trains
+    both phases on the pseudo-label folder instead."""
     source = pipeline.outcomes["cagnet_finetune"]
     folder = pipeline.work / "cagnet_st"
-    probe = pipeline.config("cagnet_st_step1")
-    pseudo = _pseudo_labels(pipeline, "cagnet_st_pseudo_labels", "cagnet", source, probe,
-                            folder / "pseudo_labels")
-    fixed = ("baseline.method=cagnet", "model.init=", f"data.pseudo_label_dir={pseudo.run_dir}")
+    fixed = ("baseline.method=cagnet", "model.init=")
     step1_config = pipeline.config("cagnet_st_step1", *fixed)
-    finetune_config = pipeline.config("cagnet_st_finetune", *fixed)
-    zero = step1_config.self_training.zero_embedding_for_pseudo_labels
-    updates = _st_protocol(pseudo, zero)
+    settings = step1_config.self_training
+    zero = ("; the generator is conditioned on a zero vector for them (original quirk)"
+            if settings.zero_embedding_for_pseudo_labels
+            else "; the generator is conditioned on their class's embedding")
+    if settings.labelling == "online":
+        updates = {"unseen_training_pixels": (
+            "every step-1 batch labelled online by the current model (best-ranked unseen class "
+            f"when among the top {settings.top_p} predictions, feature grid) on the pixels "
+            f"whose training label is 255 (background included, as in the original){zero}")}
+        inputs, extra, finetune_fixed = {}, {}, fixed
+    else:
+        pseudo = _pseudo_labels(pipeline, "cagnet_st_pseudo_labels", "cagnet", source,
+                                step1_config, folder / "pseudo_labels")
+        updates = _st_protocol(pseudo, settings.zero_embedding_for_pseudo_labels)
+        finetune_fixed = fixed + (f"data.pseudo_label_dir={pseudo.run_dir}",)
+        step1_config = pipeline.config("cagnet_st_step1", *finetune_fixed)
+        inputs = {"pseudo_labels": pseudo.checkpoint}
+        extra = {"pseudo_label_diagnostics": pseudo.details.get("diagnostics"),
+                 "pseudo_labels": str(pseudo.run_dir)}
+    finetune_config = pipeline.config("cagnet_st_finetune", *finetune_fixed)
     step1 = _self_training_stage(pipeline, "cagnet_st_step1", folder / "step1", step1_config,
-                                 source.checkpoint, pseudo, updates)
+                                 source.checkpoint, updates, inputs)
     final = _self_training_stage(pipeline, "cagnet_st_finetune", folder / "finetune",
-                                 finetune_config, step1.checkpoint, pseudo, updates)
+                                 finetune_config, step1.checkpoint, updates, inputs)
+    labels = "pseudo-labels" if settings.labelling == "offline" else "the seen labels only"
     entries["cagnet_st"] = entry(
-        final, f"CaGNet + ST: {updates['unseen_training_pixels']}; then step 1 "
-        f"({step1_config.train.iterations} iterations) and the mixed finetune "
-        f"({finetune_config.train.iterations} iterations) from the CaGNet model",
-        pseudo_label_diagnostics=pseudo.details.get("diagnostics"),
-        pseudo_labels=str(pseudo.run_dir))
+        final, f"CaGNet + ST: {updates['unseen_training_pixels']}; step 1 "
+        f"({step1_config.train.iterations} iterations) from the CaGNet model, then the mixed "
+        f"finetune ({finetune_config.train.iterations} iterations) on {labels}", **extra)
 
 
 def _self_training_stage(pipeline: ComparePipeline, name: str, run_dir: Path, config: Config,
-                         init: Path, pseudo: StageOutcome, updates: dict) -> StageOutcome:
+                         init: Path, updates: dict, inputs: dict) -> StageOutcome:
     def action() -> tuple[Path, dict, dict]:
-        result = train_self_training(config, run_dir, init, overwrite=True,
-                                     show_progress=pipeline.show_progress)
-        restate_protocol(run_dir, updates, f"{config.name}: {name} (self-training)")
+        plain = config.train.stage == "finetune" and config.self_training.labelling == "online"
+        run = train if plain else train_self_training
+        result = run(config, run_dir, init_checkpoint=init, overwrite=True,
+                     show_progress=pipeline.show_progress)
+        if not plain:
+            restate_protocol(run_dir, updates, f"{config.name}: {name} (self-training)")
         return result.checkpoint, result.scores, {}
 
-    return pipeline.stage(name, run_dir, config, {"init": init,
-                                                  "pseudo_labels": pseudo.checkpoint}, action)
+    return pipeline.stage(name, run_dir, config, {"init": init, **inputs}, action)
 
 
 def zs3net_self_training(pipeline: ComparePipeline, entries: dict) -> None:
@@ -203,11 +221,12 @@ def zs3net_self_training(pipeline: ComparePipeline, entries: dict) -> None:
                             folder / "pseudo_labels")
     pseudo_dir = f"data.pseudo_label_dir={pseudo.run_dir}"
     step1_config = pipeline.config("zs3net_st_step1", "baseline.method=cagnet", "model.init=",
-                                   pseudo_dir,
+                                   pseudo_dir, "self_training.labelling=offline",
                                    "self_training.zero_embedding_for_pseudo_labels=false")
     updates = _st_protocol(pseudo, None)
     step1 = _self_training_stage(pipeline, "zs3net_st_step1", folder / "step1", step1_config,
-                                 source.checkpoint, pseudo, updates)
+                                 source.checkpoint, updates,
+                                 {"pseudo_labels": pseudo.checkpoint})
     config = pipeline.config("zs3net_st", "baseline.method=zs3net", "model.init=", pseudo_dir)
     run_dir = folder / "zs3net"
 
