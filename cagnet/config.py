@@ -93,6 +93,9 @@ class ModelConfig:
     relu_on_logvar: bool = True
     train_selector: bool = False
     extra_logit: bool = True
+    # The generator's latent input in step 1: the contextual code ("context", the method) or
+    # N(0, I) noise ("noise": an ablation that removes the context from generation).
+    generator_latent: str = "context"
     init: str = ""
 
 
@@ -303,6 +306,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "loss.mmd_grouping": ("class", "raster_runs"),
     "loss.mmd_estimator": ("biased", "original"),
     "loss.update_order": ("original", "simultaneous"),
+    "model.generator_latent": ("context", "noise"),
     "train.stage": ("step1", "finetune"),
     "train.amp": ("none", "bf16", "fp16"),
     "train.on_nonfinite": ("stop", "rollback"),

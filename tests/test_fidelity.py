@@ -127,3 +127,23 @@ def test_online_self_training_labels_each_batch_with_the_current_model(tiny_voc:
     assert labels.shape[-2:] != original.shape[-2:]  # the feature grid, as the original
     assert (labels[grid == 255] == 3).all() and (grid == 255).any()
     assert torch.equal(labels[grid != 255], grid[grid != 255])
+
+
+def test_generator_latent_noise_ablation_replaces_the_contextual_code(tiny_voc: Path,
+                                                                        monkeypatch) -> None:
+    from cagnet.models import CaGNet
+
+    latents, real = {}, CaGNet.generate
+    for source in ("context", "noise"):
+        config, model, optimizers, batch = tiny_training_setup(
+            tiny_voc, (f"model.generator_latent={source}",))
+        recorded = []
+        monkeypatch.setattr(CaGNet, "generate", lambda self, labels, latent: recorded.append(
+            latent.clone()) or real(self, labels, latent))
+        torch.manual_seed(0)
+        feature_generation_step(model, batch["image"], batch["label"], optimizers, config.loss,
+                                StepContext(CPU))
+        latents[source] = recorded[0]
+    noise = latents["noise"]
+    assert abs(float(noise.mean())) < 0.2 and abs(float(noise.std()) - 1) < 0.2
+    assert not torch.allclose(noise, latents["context"])

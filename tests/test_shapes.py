@@ -19,8 +19,8 @@ from cagnet.datasets.shapes_drawing import add_void_boundary, voc_palette
 from cagnet.datasets.splits import read_class_names, read_split
 from cagnet.errors import ConfigError, EmbeddingError
 
-TINY = {"num_train": 12, "num_val": 6, "num_pretrain": 32}
-SMALL = {"num_train": 4, "num_val": 4, "num_pretrain": 0}
+TINY = {"num_train": 12, "num_val": 6, "num_validation": 4, "num_pretrain": 32}
+SMALL = {"num_train": 4, "num_val": 4, "num_validation": 0, "num_pretrain": 0}
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 VOC_VECTORS = SHARED_DATA / "benchmarks" / "voc12" / "cagnet" / "word_vectors"
 
@@ -52,7 +52,8 @@ def test_layout(benchmark: tuple[Path, dict]) -> None:
     assert names == class_names() == summary["class_names"]
     assert names[0] == "background" and len(names) == 17
     assert names[1] == "plain red" and names[16] == "checkered yellow"  # pattern-major ids
-    assert summary["counts"] == {"train": 12, "val": 6, "pretrain": 32}
+    assert summary["counts"] == {"train": 12, "val": 6, "validation": 4, "pretrain": 32}
+    assert len((root / "ImageSets" / "Segmentation" / "validation.txt").read_text().split()) == 4
     assert not list(root.rglob("*.tmp")), "temporary files left behind"
 
 

@@ -12,11 +12,15 @@ def add_parser(commands) -> None:
     parser = commands.add_parser("data", help="dataset tools")
     tools = parser.add_subparsers(dest="data_command", required=True, metavar="TOOL")
     shapes = tools.add_parser("shapes", help="write the synthetic shapes benchmark")
-    shapes.add_argument("--out", required=True)
-    shapes.add_argument("--seed", type=int, default=0)
-    shapes.add_argument("--num-train", type=int, default=1200)
-    shapes.add_argument("--num-val", type=int, default=240)
-    shapes.add_argument("--num-pretrain", type=int, default=3200)
+    shapes.add_argument("--out", required=True, help="the benchmark folder to write")
+    shapes.add_argument("--seed", type=int, default=0, help="every image and word vector is a "
+                        "function of (seed, split, index)")
+    shapes.add_argument("--num-train", type=int, default=1200, help="training images")
+    shapes.add_argument("--num-val", type=int, default=240, help="test images (val.txt)")
+    shapes.add_argument("--num-validation", type=int, default=120, help="held-out images for "
+                        "tuning and periodic validation (validation.txt)")
+    shapes.add_argument("--num-pretrain", type=int, default=3200, help="image-level "
+                        "pretraining images (all classes)")
     shapes.add_argument("--word-vectors", choices=("class", "compositional"), default="class",
                         help="class: one vector per class name, its pattern and colour plus a "
                         "part of its own (unseen embeddings off the seen span, like real "
@@ -67,6 +71,7 @@ def run_shapes(arguments: argparse.Namespace) -> int:
 
     summary = generate_shapes_benchmark(arguments.out, seed=arguments.seed,
                                         num_train=arguments.num_train, num_val=arguments.num_val,
+                                        num_validation=arguments.num_validation,
                                         num_pretrain=arguments.num_pretrain,
                                         word_vectors=arguments.word_vectors)
     print(f"shapes benchmark written to {arguments.out}: {len(summary['seen'])} seen, "

@@ -7,7 +7,9 @@ Layout under `out_dir`:
 
     JPEGImages/<id>.jpg, SegmentationClass/<id>.png   palette PNGs, VOC colour map, values are
                                                       class ids, 0 background, 255 void
-    ImageSets/Segmentation/{train,val}.txt            ids `train_00042`, `val_00007`
+    ImageSets/Segmentation/{train,val,validation}.txt ids `train_00042`, `val_00007` (val is
+                                                      the test list; validation: held-out
+                                                      images for tuning and periodic validation)
     class_names.txt, split.yaml, word_vectors.txt     word2vec text format (see below)
     pretrain/images/<id>.jpg, pretrain/labels.txt     64x64 single-object images of ALL classes
                                                       with image-level labels `<id> <class_id>`
@@ -66,7 +68,8 @@ JPEG_QUALITY = 92
 MARKER_FILE = "shapes.json"
 OBJECTS_PER_IMAGE = (2, 3)
 # Seed-sequence tags: every random stream is keyed by (seed, tag, index).
-STREAM_TAGS = {"train": 1, "val": 2, "pretrain": 3, "word_vectors": 4}
+STREAM_TAGS = {"train": 1, "val": 2, "pretrain": 3, "word_vectors": 4, "validation": 5}
+SEGMENTATION_SPLITS = ("train", "val", "validation")
 # "class": one vector per class name (attributes + a class-specific part, the default);
 # "compositional": single words only, a class embedding is the mean of its two words.
 WORD_VECTOR_KINDS = ("class", "compositional")
@@ -281,6 +284,7 @@ def _run_tasks(tasks: list[tuple], workers: int) -> list[tuple[str, int, list[in
 
 def generate_shapes_benchmark(out_dir: str | Path, seed: int = 0, num_train: int = 1200,
                               num_val: int = 240, num_pretrain: int = 3200,
+                              num_validation: int = 120,
                               image_size_range: tuple[int, int] = (96, 128), word_dim: int = 64,
                               workers: int = 2, word_vectors: str = "class") -> dict:
     """Write the shapes benchmark into `out_dir` and return its summary (also in shapes.json).
@@ -307,20 +311,21 @@ def generate_shapes_benchmark(out_dir: str | Path, seed: int = 0, num_train: int
                       word_vectors_text(seed, word_dim, word_vectors))
     for folder in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation", "pretrain/images"):
         (root / folder).mkdir(parents=True, exist_ok=True)
-    counts = {"train": num_train, "val": num_val, "pretrain": num_pretrain}
+    counts = {"train": num_train, "val": num_val, "validation": num_validation,
+              "pretrain": num_pretrain}
     size_range = (int(image_size_range[0]), int(image_size_range[1]))
     tasks = [(str(root), seed, split, index, size_range)
              for split, count in counts.items() for index in range(count)]
     results = _run_tasks(tasks, workers)
 
-    pixels = {split: np.zeros(len(names), dtype=np.int64) for split in ("train", "val")}
+    pixels = {split: np.zeros(len(names), dtype=np.int64) for split in SEGMENTATION_SPLITS}
     pretrain_labels = []
     for split, index, values in results:
         if split == "pretrain":
             pretrain_labels.append(f"pretrain_{index:05d} {values[0]}")
         else:
             pixels[split] += np.asarray(values[:len(names)], dtype=np.int64)
-    for split in ("train", "val"):
+    for split in SEGMENTATION_SPLITS:
         atomic_write_text(root / "ImageSets" / "Segmentation" / f"{split}.txt",
                           "".join(f"{split}_{index:05d}\n" for index in range(counts[split])))
     atomic_write_text(root / "pretrain" / "labels.txt", "".join(f"{line}\n"

@@ -145,7 +145,10 @@ def feature_generation_step(model: torch.nn.Module, images: torch.Tensor, labels
             output = model.multi_scale_features(images, sample_latent=True)
         grid_labels = losses.resize_labels(labels, output.scale1.feature.shape[-2:])
         real_outputs = [model.discriminator(feature) for feature in output.features]
-        fake = model.generate(grid_labels, output.scale1.latent.detach())
+        latent = output.scale1.latent.detach()
+        if model.generator_latent == "noise":  # the ablation: no context in the latent
+            latent = torch.randn_like(latent)
+        fake = model.generate(grid_labels, latent)
         fake_output = model.discriminator(fake)
     terms = _step1_terms(model, output, real_outputs, fake, fake_output, labels, grid_labels,
                          loss, train_backbone, sync)

@@ -62,7 +62,8 @@ def build_cagnet(model: ModelConfig, class_embeddings: np.ndarray | torch.Tensor
                                   extra_logit=model.extra_logit,
                                   dropout=model.discriminator_dropout)
     return CaGNet(backbone, context, generator, discriminator, embeddings, num_seen,
-                  train_scales=tuple(model.train_scales))
+                  train_scales=tuple(model.train_scales),
+                  generator_latent=model.generator_latent)
 
 
 def build_spnet(model: ModelConfig, class_embeddings: np.ndarray | torch.Tensor, num_seen: int,

@@ -40,11 +40,14 @@ class CaGNet(nn.Module):
         class_embeddings: (K, E) class embeddings, seen classes first, then unseen.
         num_seen: S, the number of seen classes (rows 0..S-1).
         train_scales: input scales of `multi_scale_features`; must contain 1.0.
+        generator_latent: "context" (the contextual module's code z conditions the generator
+            in step 1) or "noise" (N(0, I) instead: the ablation of the context).
     """
 
     def __init__(self, backbone: nn.Module, context: ContextualModule, generator: Generator,
                  discriminator: Discriminator, class_embeddings: torch.Tensor, num_seen: int,
-                 train_scales: tuple[float, ...] = (1.0, 0.5, 0.75)) -> None:
+                 train_scales: tuple[float, ...] = (1.0, 0.5, 0.75),
+                 generator_latent: str = "context") -> None:
         super().__init__()
         if class_embeddings.dim() != 2:
             raise ConfigError(f"class embeddings must be a (K, E) matrix, got shape "
@@ -67,6 +70,7 @@ class CaGNet(nn.Module):
         self.register_buffer("class_embeddings", class_embeddings.detach().float().clone())
         self.num_seen = num_seen
         self.train_scales = tuple(float(scale) for scale in train_scales)
+        self.generator_latent = generator_latent
         self._feature_sizes: dict[tuple[int, int], tuple[int, int]] = {}
 
     @property
