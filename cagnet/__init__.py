@@ -5,3 +5,11 @@ and the data tools start instantly. Subpackages import torch themselves.
 """
 
 __version__ = "0.1.0"
+
+
+def load(checkpoint, device: str = "auto"):
+    """`cagnet.load(checkpoint)` -> a `cagnet.inference.api.Model` with `predict(image)`,
+    `class_names` and `add_classes(names, ...)`; torch is imported on the first call."""
+    from cagnet.inference.api import load as load_checkpoint
+
+    return load_checkpoint(checkpoint, device)

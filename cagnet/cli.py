@@ -14,6 +14,7 @@ import sys
 from typing import Sequence
 
 from cagnet.engine.signals import RunStopped
+from cagnet import __version__
 from cagnet.errors import CagnetError
 
 COMMAND_MODULES = (
@@ -26,9 +27,12 @@ COMMAND_MODULES = (
     "cagnet.commands.audit",
     "cagnet.commands.import_checkpoint",
     "cagnet.commands.predict",
+    "cagnet.commands.export",
     "cagnet.commands.extend",
     "cagnet.commands.compare",
+    "cagnet.commands.fewshot",
     "cagnet.commands.calibrate",
+    "cagnet.commands.recipes",
 )
 
 
@@ -36,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cagnet", description="Zero-shot semantic "
                                      "segmentation with context-aware feature generation.")
     parser.add_argument("--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--version", action="version", version=f"cagnet {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module_name in COMMAND_MODULES:
         importlib.import_module(module_name).add_parser(commands)

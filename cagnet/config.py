@@ -13,6 +13,7 @@ import copy
 import dataclasses
 import math
 import re
+import sys
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,6 +52,8 @@ class DataConfig:
     # removed from training). Never the test list (val_list).
     validation_list: str = ""
     validation_holdout: int = 0
+    # Raw mask values renamed on load, e.g. {11: 255} for a dataset that marks void as 11.
+    label_map: dict[int, int] = field(default_factory=dict)
     # Where labels come from (cagnet/datasets/benchmarks.py): "folders" = index PNGs in
     # label_dir; "voc_sbd" = VOC PNG in label_dir, else the SBD `cls/<id>.mat` under sbd_root;
     # "context_mat" = Pascal-Context 459-label `.mat` files in label_dir, mapped by name through
@@ -79,6 +82,19 @@ class EmbeddingConfig:
 class ModelConfig:
     """Network shapes (method.md §1) and the switches for the original code's quirks."""
 
+    # The trunk under the ASPP (cagnet/models/trunks.py): deeplabv2_resnet101 (sized by
+    # blocks_per_stage / base_width), torchvision:<name>, timm:<name> or
+    # python:<module or file.py>:<callable>; its weights (none, default = the library's, or a
+    # local file), feature endpoint, output stride and input normalisation (auto: caffe for
+    # DeepLab-v2, imagenet otherwise; or caffe, imagenet, centred).
+    trunk: str = "deeplabv2_resnet101"
+    pretrained: str = "none"
+    trunk_endpoint: str = ""
+    output_stride: int = 8
+    normalization: str = "auto"
+    # Width of the pixel features (ASPP output, latent code, generated features, classifier
+    # input), whatever the class-embedding dimension is; 600 in the paper.
+    feature_dim: int = 600
     blocks_per_stage: list[int] = field(default_factory=lambda: [3, 4, 23, 3])
     base_width: int = 64
     aspp_dilations: list[int] = field(default_factory=lambda: [6, 12, 18, 24])
@@ -307,6 +323,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "loss.mmd_estimator": ("biased", "original"),
     "loss.update_order": ("original", "simultaneous"),
     "model.generator_latent": ("context", "noise"),
+    "model.normalization": ("auto", "caffe", "imagenet", "centred"),
     "train.stage": ("step1", "finetune"),
     "train.amp": ("none", "bf16", "fp16"),
     "train.on_nonfinite": ("stop", "rollback"),
@@ -315,10 +332,38 @@ CHOICES: dict[str, tuple[str, ...]] = {
 }
 
 
+# Where recipes live: the source checkout's experiments/, and the copy `pip install` puts in
+# <prefix>/share/cagnet/experiments.
+RECIPE_FOLDERS = (Path(__file__).resolve().parents[1] / "experiments",
+                  Path(sys.prefix) / "share" / "cagnet" / "experiments")
+
+
+def recipe_names() -> dict[str, Path]:
+    """Every installed recipe: name (file stem) -> path, the checkout's first."""
+    found: dict[str, Path] = {}
+    for folder in RECIPE_FOLDERS:
+        for path in sorted(folder.glob("*.yaml")) if folder.is_dir() else []:
+            found.setdefault(path.stem, path)
+    return found
+
+
+def find_recipe(name_or_path: str | Path) -> Path:
+    """A recipe path as given when it exists, else the installed recipe of that name
+    (`voc12`, `voc12.yaml` or `experiments/voc12.yaml` all find experiments/voc12.yaml)."""
+    path = Path(name_or_path).expanduser()
+    if path.is_file():
+        return path
+    installed = recipe_names().get(path.name[:-5] if path.name.endswith(".yaml") else path.name)
+    if installed is None:
+        raise ConfigError(f"config file not found: {path} (neither a file nor an installed "
+                          f"recipe; `cagnet recipes` lists them)")
+    return installed
+
+
 def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] = ()) -> Config:
-    """Read a recipe (or the defaults when `path` is None), apply `key=value` overrides,
-    check every key and type, and validate the values."""
-    raw: dict[str, Any] = _read_recipe(Path(path)) if path is not None else {}
+    """Read a recipe (a path or an installed recipe's name; the defaults when None), apply
+    `key=value` overrides, check every key and type, and validate the values."""
+    raw: dict[str, Any] = _read_recipe(find_recipe(path)) if path is not None else {}
     for override in overrides:
         key, value = _parse_override(override)
         _set_nested(raw, key, value)
@@ -373,6 +418,7 @@ def validate(config: Config) -> None:
         "model.base_width": config.model.base_width,
         "model.context_channels": config.model.context_channels,
         "model.discriminator_hidden": config.model.discriminator_hidden,
+        "model.feature_dim": config.model.feature_dim,
         "eval.warp_size": config.eval.warp_size, "eval.batch_size": config.eval.batch_size,
         "pretrain.image_size": config.pretrain.image_size,
         "pretrain.iterations": config.pretrain.iterations,
@@ -436,6 +482,10 @@ def validate(config: Config) -> None:
     if config.data.validation_list and config.data.validation_list == config.data.val_list:
         raise ConfigError("data.validation_list: the validation images must not be the test "
                           f"list ({config.data.val_list})")
+    if any(not (0 <= old <= 255 and 0 <= new <= 255) for old, new
+           in config.data.label_map.items()):
+        raise ConfigError(f"data.label_map: expected mask values 0..255 on both sides, got "
+                          f"{config.data.label_map}")
     if config.data.validation_holdout < 0:
         raise ConfigError(f"data.validation_holdout: expected >= 0, got "
                           f"{config.data.validation_holdout}")
@@ -601,6 +651,12 @@ def _check(expected: Any, value: Any, key: str) -> Any:
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{key}: expected a list of {item_type.__name__}, got {value!r}")
         return [_check(item_type, item, f"{key}[{index}]") for index, item in enumerate(value)]
+    if origin is dict:
+        key_type, value_type = typing.get_args(expected)
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return {_check(key_type, item, f"{key} key"): _check(value_type, entry, f"{key}[{item}]")
+                for item, entry in value.items()}
     if expected is bool:
         if isinstance(value, bool):
             return value

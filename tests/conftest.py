@@ -71,6 +71,7 @@ def tiny_config_overrides(root: Path) -> list[str]:
         "data.warp_size=41", "data.crop_size=33", "data.num_workers=0",
         f"embeddings.path={root / 'class_embeddings.npy'}",
         "model.blocks_per_stage=[1,1,1,1]", "model.base_width=4", "model.aspp_dilations=[1,2]",
+        "model.feature_dim=4",
         "model.context_channels=8", "model.generator_hidden=[16,16]",
         "model.generator_dropout=[0.1,0.1]", "model.discriminator_hidden=16", "model.init=",
         "train.batch_size=2", "train.iterations=4", "train.log_interval=2",

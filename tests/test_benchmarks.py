@@ -275,10 +275,12 @@ def test_data_check_reports_histogram_and_every_bad_file(tmp_path: Path, capsys)
     prepare_voc(voc, sbd)
     arguments = ["data", "check", "--dataset", "voc12", "--root", str(voc),
                  "--out", str(tmp_path / "check.json")]
-    assert main(arguments) == 0
-    output = capsys.readouterr().out
+    assert main(arguments) == 1  # the 2 val images hold no sofa, train nor tvmonitor:
+    output = capsys.readouterr().out  # those unseen classes would have no IoU
     assert "train: 4 ids listed" in output and "val: 2 ids listed" in output
-    assert "sheep" in output and "no problems found" in output
+    assert "problems:" in output and "unseen class 'tvmonitor' has no pixel" in output
+    flagged = output.count("has no pixel in these images")
+    assert f"{flagged} problems:" in output  # nothing else is wrong
     report = yaml.safe_load((tmp_path / "check.json").read_text())
     assert report["splits"]["train"]["pixels"]["sheep"] == 8 * 16  # v2, unseen
     assert report["unseen_training_pixels"] == 2 * 8 * 16  # v2 sheep + s1 pottedplant
@@ -293,7 +295,7 @@ def test_data_check_reports_histogram_and_every_bad_file(tmp_path: Path, capsys)
     output = capsys.readouterr().out
     for name in ("s1.jpg", "s2.png", "v2.png", "v3.png", "v4.png"):
         assert name in output, name
-    assert "5 problems" in output
+    assert "problems:" in output and "1 problems" not in output
 
 
 def test_original_npy_split_lists_convert_to_id_lists(tmp_path: Path) -> None:

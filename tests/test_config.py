@@ -14,7 +14,7 @@ from conftest import REPOSITORY
 
 # Compare recipes (`*_compare.yaml`) name per-method recipes; tests/test_compare.py covers them.
 RECIPES = sorted(path for path in (REPOSITORY / "experiments").glob("*.yaml")
-                 if not path.stem.endswith("_compare"))
+                 if not path.stem.endswith(("_compare", "_fewshot")))
 
 
 def test_defaults_are_the_paper_voc_configuration():

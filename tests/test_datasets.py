@@ -127,3 +127,27 @@ def test_split_and_list_errors(tmp_path: Path):
     (tmp_path / "names.txt").write_text("a\n\nb\n")
     with pytest.raises(DataError, match="line 2: empty class name"):
         read_class_names(tmp_path / "names.txt")
+
+
+def test_label_map_renames_raw_mask_values(tiny_voc: Path) -> None:
+    """A dataset that marks void as 11: {11: 255} makes it 255 before the lookup."""
+    import numpy as np
+    from PIL import Image
+
+    from cagnet.config import load_config
+    from cagnet.datasets.build import build_benchmark, build_dataset
+    from cagnet.errors import DataError
+
+    from conftest import tiny_config_overrides
+
+    path = tiny_voc / "SegmentationClass" / "img_004.png"
+    mask = np.array(Image.open(path))
+    mask[mask == 255] = 11
+    Image.fromarray(mask, mode="L").save(path)  # a grey PNG: values kept as written
+    config = load_config(None, tiny_config_overrides(tiny_voc))
+    split = build_benchmark(config).split
+    with pytest.raises(DataError, match=r"label values \[11\]"):
+        build_dataset(config.data, split, 0, "test")[0]
+    mapped = load_config(None, tiny_config_overrides(tiny_voc) + ["data.label_map={11: 255}"])
+    label = build_dataset(mapped.data, split, 0, "test")[0]["label"]
+    assert (label[0] == 255).all() and set(label.unique().tolist()) <= {0, 1, 2, 3, 255}

@@ -231,8 +231,9 @@ def test_a_failed_write_keeps_the_old_checkpoint(finished_run, tiny_voc, monkeyp
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(torch, "save", full_disk)
+    longer = _config(tiny_voc, "train.iterations=12")  # a finished run resumes to train longer
     with pytest.raises(CheckpointError, match=r"could not write checkpoint .*No space left"):
-        trainer.train(_config(tiny_voc), finished_run, resume=True, show_progress=False)
+        trainer.train(longer, finished_run, resume=True, show_progress=False)
     leftovers = [p.name for p in (finished_run / "checkpoints").iterdir() if "tmp" in p.name]
     assert not leftovers
     assert (finished_run / "checkpoints" / "previous.pt").read_bytes() == before
@@ -352,9 +353,9 @@ def test_skip_mode_reports_skipped_samples(tiny_voc, tmp_path):
 
 def test_list_ids_cannot_escape_the_dataset_or_corpus_root(tmp_path):
     for bad in ("/etc/passwd", "a/../../b", "..", "a\\..\\b", "a\x00b"):
-        (tmp_path / "list.txt").write_text(f"ok\n{bad}\n")
-        with pytest.raises(DataError, match="list.txt, line 2: id"):
-            read_id_list(tmp_path / "list.txt")
+        (tmp_path / "list.txt").write_text(f"ok\n{bad}\nfine\n{bad}\n")
+        with pytest.raises(DataError, match=r"list.txt: 2 ids would escape .*line 2: .*line 4"):
+            read_id_list(tmp_path / "list.txt")  # every bad line is named
         (tmp_path / "labels.txt").write_text(f"ok 1\n{bad} 2\n")
         with pytest.raises(DataError, match=r"labels.txt, line 2: id .* escapes the corpus"):
             read_corpus(tmp_path, 8, [0.0, 0.0, 0.0])

@@ -283,3 +283,27 @@ def test_loader_workers_survive_the_first_sigterm_and_ignore_sigint():
     result = subprocess.run([sys.executable, "-c", script], cwd=REPOSITORY, capture_output=True,
                             text=True, timeout=60)
     assert result.stdout.split() == ["alive"] and result.returncode == -signal.SIGTERM
+
+
+def test_resume_of_a_finished_run_changes_nothing_unless_told_to_train_longer(setup: dict):
+    import hashlib
+
+    run_dir = setup["folder"] / "finished"
+    arguments = _arguments(setup["root"], setup["recipe"], ["train.iterations=2",
+                                                            "data.num_workers=0"])
+    assert main(["train", "--output-dir", str(run_dir)] + arguments) == 0
+
+    def checksums() -> dict:
+        return {str(path): hashlib.sha256(path.read_bytes()).hexdigest()
+                for path in sorted(run_dir.rglob("*")) if path.is_file()}
+
+    before = checksums()
+    assert main(["train", "--output-dir", str(run_dir), "--resume"] + arguments) == 0
+    assert checksums() == before
+    longer = arguments + ["--set", "train.iterations=3"]
+    assert main(["train", "--output-dir", str(run_dir), "--resume"] + longer) == 0
+    assert load_checkpoint(run_dir / "checkpoints" / "last.pt")["iteration"] == 3
+    records = _log_records(run_dir)
+    assert {"kind": "run", "iteration": 2, "event": "extend", "from_iterations": 2,
+            "to_iterations": 3} in records
+    assert "iterations: 3" in (run_dir / "config.yaml").read_text()

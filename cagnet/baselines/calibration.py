@@ -170,6 +170,6 @@ def write_split_file(split: ClassSplit, path: str | Path, comment: str) -> Path:
     """Write `split` as a split YAML (class names) with a leading comment."""
     names = {key: [split.class_names[i] for i in ids] for key, ids in
              (("seen", split.seen_ids), ("unseen", split.unseen_ids),
-              ("validation", split.validation_ids)) if ids}
+              ("validation", split.validation_ids)) if ids or key != "validation"}
     header = "".join(f"# {line}\n" for line in comment.splitlines())
     return atomic_write_text(path, header + yaml.safe_dump(names, sort_keys=False))

@@ -16,7 +16,8 @@ import torch
 
 from cagnet import losses
 from cagnet.config import Config, config_to_dict, save_config
-from cagnet.datasets.build import Benchmark, build_benchmark, build_dataset, build_eval_loader
+from cagnet.datasets.build import (Benchmark, build_benchmark, build_dataset, build_eval_loader,
+                                   with_absolute_paths)
 from cagnet.engine import loop
 from cagnet.engine.checkpoint import load_backbone_init
 from cagnet.engine.evaluate import evaluate_and_report
@@ -110,10 +111,12 @@ def train_spnet(config: Config, run_dir: str | Path, *, resume: bool = False,
     if config.baseline.method != "spnet":
         raise ConfigError(f"baseline.method: train_spnet needs 'spnet', got "
                           f"{config.baseline.method!r}")
+    config = with_absolute_paths(config)
     device = resolve_device(config.train.device)
     apply_run_settings(config.train.threads, config.train.seed, config.train.deterministic)
     benchmark = build_benchmark(config)
-    model = build_spnet(config.model, benchmark.class_embeddings, benchmark.split.num_seen)
+    model = build_spnet(config.model, benchmark.class_embeddings, benchmark.split.num_seen,
+                        config.data.mean_bgr)
     execution = Execution.single(device, config.train.batch_size, config.train.amp)
     method = SPNetTraining(config, benchmark, model.to(device), execution)
     return loop.run(method, loop.LoopSettings.from_train(config.train), run_dir,

@@ -28,7 +28,8 @@ import torch
 
 from cagnet import losses
 from cagnet.config import Config, config_to_dict, save_config
-from cagnet.datasets.build import Benchmark, build_benchmark, build_dataset, build_eval_loader
+from cagnet.datasets.build import (Benchmark, build_benchmark, build_dataset, build_eval_loader,
+                                   with_absolute_paths)
 from cagnet.engine import loop
 from cagnet.engine.checkpoint import check_same_classes, load_checkpoint, load_weights
 from cagnet.engine.evaluate import evaluate_and_report
@@ -146,9 +147,8 @@ class ZS3NetTraining(loop.Method):
         self.class_names = benchmark.split.model_class_names
         self.num_seen = benchmark.split.num_seen
         zs3net, optim = config.baseline.zs3net, config.optim
-        embed_dim = model.class_embeddings.shape[1]
-        self.gmmn = GMMNGenerator(embed_dim, embed_dim, zs3net.hidden,
-                                  zs3net.dropout).to(execution.device)
+        self.gmmn = GMMNGenerator(model.class_embeddings.shape[1], model.generator.feature_dim,
+                                  zs3net.hidden, zs3net.dropout).to(execution.device)
         betas = tuple(optim.adam_betas)
         self.optimizers = {
             "gmmn": torch.optim.Adam(self.gmmn.parameters(), lr=zs3net.generator_lr,
@@ -231,10 +231,12 @@ def train_zs3net(config: Config, run_dir: str | Path, init_checkpoint: str | Pat
     if config.baseline.method != "zs3net":
         raise ConfigError(f"baseline.method: train_zs3net needs 'zs3net', got "
                           f"{config.baseline.method!r}")
+    config = with_absolute_paths(config)
     device = resolve_device(config.train.device)
     apply_run_settings(config.train.threads, config.train.seed, config.train.deterministic)
     benchmark = build_benchmark(config)
-    model = build_cagnet(config.model, benchmark.class_embeddings, benchmark.split.num_seen)
+    model = build_cagnet(config.model, benchmark.class_embeddings, benchmark.split.num_seen,
+                         config.data.mean_bgr, load_pretrained=False)  # the init brings all
     execution = Execution.single(device, config.train.batch_size)
     method = ZS3NetTraining(config, benchmark, model.to(device), execution, init_checkpoint)
     zs3net = config.baseline.zs3net

@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import argparse
 
-from cagnet.commands.common import add_config_arguments
+from cagnet.commands.common import add_command, add_config_arguments
 
 
 def add_parser(commands) -> None:
-    parser = commands.add_parser("audit", help="run the training data pipeline over the "
-                                 "training set and check that every target is a seen class or "
-                                 "255 (writes audit.json)")
+    parser = add_command(commands, "audit", "run the training data pipeline over the training "
+                         "set and check that every target is a seen class or 255 (writes "
+                         "audit.json)", """
+cagnet audit --config voc12 --set data.root=/data/VOCdevkit/VOC2012 --out voc12_audit.json
+cagnet audit --config experiments/my_data.yaml --max-images 200""")
     add_config_arguments(parser)
     parser.add_argument("--max-images", type=int, default=0, help="audit only the first N "
                         "training images (0 = all)")

@@ -5,14 +5,18 @@ from __future__ import annotations
 
 import argparse
 
-from cagnet.commands.common import add_config_arguments
+from cagnet.commands.common import add_command, add_config_arguments
 
 
 def add_parser(commands) -> None:
-    parser = commands.add_parser(
-        "calibrate", help="calibrated stacking: subtract T from the seen classes' "
-        "probabilities, T chosen on validation classes")
-    parser.add_argument("--checkpoint", required=True, help="the model to calibrate")
+    parser = add_command(
+        commands, "calibrate", "calibrated stacking: subtract T from the seen classes' "
+        "probabilities, T chosen on validation classes", """
+cagnet calibrate --checkpoint runs/spnet/checkpoints/last.pt \\
+    --validation-checkpoint runs/spnet_validation/checkpoints/last.pt
+cagnet calibrate --checkpoint runs/spnet/checkpoints/last.pt --temperature 0.6""")
+    parser.add_argument("--checkpoint", required=True, help="the model to calibrate (a "
+                        "checkpoint file of any method)")
     choice = parser.add_mutually_exclusive_group(required=True)
     choice.add_argument("--validation-checkpoint", default=None,
                         help="the same method trained without the split's validation classes "
@@ -23,8 +27,9 @@ def add_parser(commands) -> None:
     parser.add_argument("--values", default="0:1:0.05",
                         help="the T grid: start:stop:step or a comma list (default 0:1:0.05)")
     add_config_arguments(parser, required=False)
-    parser.add_argument("--output-dir", default=None, help="default: calibration_<checkpoint> "
-                        "beside the run's checkpoints folder")
+    parser.add_argument("--output-dir", default=None, help="where the calibrated metrics and "
+                        "report go (default: calibration_<checkpoint> beside the run's "
+                        "checkpoints folder)")
     parser.set_defaults(handler=run)
 
 

@@ -8,8 +8,19 @@ import argparse
 from cagnet.errors import CagnetError
 
 
+def add_command(commands, name: str, help_text: str, examples: str,
+                **options) -> argparse.ArgumentParser:
+    """A subcommand parser whose --help ends with usage examples (lines of `examples`;
+    `options` go to `add_parser`)."""
+    return commands.add_parser(name, help=help_text, description=help_text,
+                               epilog="examples:\n" + "\n".join(
+                                   f"  {line}" for line in examples.strip().splitlines()),
+                               formatter_class=argparse.RawDescriptionHelpFormatter, **options)
+
+
 def add_config_arguments(parser: argparse.ArgumentParser, required: bool = True) -> None:
-    parser.add_argument("--config", required=required, help="recipe YAML (see experiments/)")
+    parser.add_argument("--config", required=required, help="recipe: an installed recipe's "
+                        "name (`cagnet recipes`) or a YAML file")
     parser.add_argument("--set", dest="overrides", action="append", default=[],
                         metavar="KEY=VALUE", help="override a config value, e.g. "
                         "--set train.iterations=100 (repeatable)")
@@ -36,7 +47,19 @@ def add_extension_arguments(parser: argparse.ArgumentParser, required: bool) -> 
                         "iteration (default: the checkpoint's train.batch_size)")
     parser.add_argument("--unseen-rate", type=float, default=None, help="extra sampling weight "
                         "of unseen classes (default: the checkpoint's train.gen_unseen_rate)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the finetuning's label "
+                        "maps, latent codes and dropout (default 0)")
+    parser.add_argument("--shots", metavar="DIR", help="a few labelled images of the new classes "
+                        "(DIR/images/<id>.<ext>, DIR/masks/<id>.png index PNGs with 255 = "
+                        "unlabelled, DIR/class_names.txt naming the mask values): the head also "
+                        "learns from their real pixels")
+    parser.add_argument("--replay-images", type=int, default=50, metavar="N", help="with "
+                        "--shots: replay the seen classes' pixels of N training images of the "
+                        "checkpoint's dataset when it is reachable (default 50; 0 = none)")
+    parser.add_argument("--real-weight", type=float, default=1.0, help="with --shots: weight "
+                        "of the real pixels' loss against the generated one (default 1)")
+    parser.add_argument("--adapt-generator", action="store_true", help="with --shots: first "
+                        "adapt the generator to the shot pixels (content loss, 100 iterations)")
 
 
 def add_device_arguments(parser: argparse.ArgumentParser) -> None:
@@ -72,7 +95,12 @@ def extension_inputs(arguments: argparse.Namespace):
     if arguments.iterations < 0 or (arguments.batch_size is not None
                                     and arguments.batch_size < 1):
         raise CagnetError("--iterations must be >= 0 and --batch-size >= 1")
+    if arguments.replay_images < 0 or arguments.real_weight < 0:
+        raise CagnetError("--replay-images and --real-weight must be >= 0")
     settings = ExtensionSettings(iterations=arguments.iterations, lr=arguments.lr,
                                  batch_size=arguments.batch_size,
-                                 unseen_rate=arguments.unseen_rate, seed=arguments.seed)
+                                 unseen_rate=arguments.unseen_rate, seed=arguments.seed,
+                                 shots=arguments.shots, replay_images=arguments.replay_images,
+                                 real_weight=arguments.real_weight,
+                                 adapt_generator=arguments.adapt_generator)
     return list(zip(kinds, paths)), arguments.embeddings, settings

@@ -5,13 +5,19 @@ from __future__ import annotations
 
 import argparse
 
+from cagnet.commands.common import add_command
+
 
 def add_parser(commands) -> None:
-    parser = commands.add_parser(
-        "compare", help="every method (SPNet, SPNet-c, ZS3Net, CaGNet, + ST) on one benchmark: "
-        "the paper-style table")
-    parser.add_argument("--config", default="experiments/shapes_compare.yaml",
-                        help="compare recipe (default: experiments/shapes_compare.yaml)")
+    parser = add_command(
+        commands, "compare", "every method (SPNet, SPNet-c, ZS3Net, CaGNet, + ST) on one "
+        "benchmark: the paper-style table", """
+cagnet compare --output-dir runs/demo            # shapes, reusing the demo's benchmark
+cagnet compare --config voc12_compare --output-dir runs/voc12_compare
+cagnet compare --config msrc_compare --set data.root=/data/msrc --output-dir runs/msrc""")
+    parser.add_argument("--config", default="shapes_compare",
+                        help="compare recipe: a name (`cagnet recipes`) or a YAML file "
+                        "(default: shapes_compare)")
     parser.add_argument("--output-dir", default="runs/compare",
                         help="output folder; with a shapes recipe, the benchmark and the "
                         "pretraining of `cagnet demo --output-dir` in the same folder are "
@@ -27,10 +33,8 @@ def run(arguments: argparse.Namespace) -> int:
     from pathlib import Path
 
     from cagnet.baselines.compare.run import run_compare
-    from cagnet.datasets.build import PROJECT_ROOT
+    from cagnet.config import find_recipe
 
-    recipe = Path(arguments.config)
-    if not recipe.is_file() and not recipe.is_absolute() and (PROJECT_ROOT / recipe).is_file():
-        recipe = PROJECT_ROOT / recipe
-    run_compare(recipe, Path(arguments.output_dir), arguments.overrides, arguments.fresh)
+    run_compare(find_recipe(arguments.config), Path(arguments.output_dir), arguments.overrides,
+                arguments.fresh)
     return 0

@@ -5,14 +5,24 @@ from __future__ import annotations
 
 import argparse
 
+from cagnet.commands.common import add_command
+
 BENCHMARK_RECIPES = ("voc12", "context", "cocostuff")
 
 
 def add_parser(commands) -> None:
-    parser = commands.add_parser("data", help="dataset tools")
+    parser = add_command(commands, "data", "dataset tools: the shapes benchmark, real "
+                         "benchmarks' lists, checks", """
+cagnet data shapes --out data/shapes
+cagnet data check --dataset voc12 --root /data/VOCdevkit/VOC2012
+cagnet data prepare-msrc --source /data/MSRC_ObjCategImageDatabase_v2 --root /data/msrc""")
     tools = parser.add_subparsers(dest="data_command", required=True, metavar="TOOL")
-    shapes = tools.add_parser("shapes", help="write the synthetic shapes benchmark")
-    shapes.add_argument("--out", required=True, help="the benchmark folder to write")
+    shapes = add_command(tools, "shapes", "write the synthetic shapes benchmark", """
+cagnet data shapes --out data/shapes
+cagnet data shapes --out data/shapes_small --num-train 200 --num-val 40 --num-pretrain 400
+cagnet data shapes --out data/shapes_comp --word-vectors compositional""")
+    shapes.add_argument("--out", required=True, help="the benchmark folder to write (images, "
+                        "masks, id lists, class names, split, word vectors, pretrain/)")
     shapes.add_argument("--seed", type=int, default=0, help="every image and word vector is a "
                         "function of (seed, split, index)")
     shapes.add_argument("--num-train", type=int, default=1200, help="training images")
@@ -28,21 +38,34 @@ def add_parser(commands) -> None:
                         "(unseen embeddings in the seen span)")
     shapes.set_defaults(handler=run_shapes)
 
-    voc = tools.add_parser("prepare-voc", help="derive the 10,582-image train_aug list from "
-                           "VOC 2012 + SBD and build SegmentationClassAug/ index PNGs")
+    voc = add_command(tools, "prepare-voc", "derive the 10,582-image train_aug list from VOC "
+                      "2012 + SBD and build SegmentationClassAug/ index PNGs", """
+cagnet data prepare-voc --voc /data/VOCdevkit/VOC2012 --sbd /data/benchmark_RELEASE""")
     voc.add_argument("--voc", required=True, help="VOCdevkit/VOC2012")
     voc.add_argument("--sbd", required=True, help="SBD: benchmark_RELEASE (or its dataset/)")
-    voc.add_argument("--workers", type=int, default=4)
+    voc.add_argument("--workers", type=int, default=4, help="converter processes (default 4)")
     voc.set_defaults(handler=run_prepare_voc)
 
-    coco = tools.add_parser("prepare-cocostuff", help="write train2017.txt / val2017.txt id "
-                            "lists from the COCO-Stuff 164k folders")
+    coco = add_command(tools, "prepare-cocostuff", "write train2017.txt / val2017.txt id "
+                       "lists from the COCO-Stuff 164k folders", """
+cagnet data prepare-cocostuff --root /data/cocostuff""")
     coco.add_argument("--root", required=True, help="folder holding images/ and annotations/")
     coco.add_argument("--out-dir", default=None, help="where the lists go (default: --root)")
     coco.set_defaults(handler=run_prepare_cocostuff)
 
-    lists = tools.add_parser("convert-lists", help="the original release's split .npy lists "
-                             "(Context, COCO-Stuff) -> id lists")
+    msrc = add_command(tools, "prepare-msrc", "MSRC-v2 (MSRC-21) in the project's layout "
+                       "(non-commercial research licence: never commit the data)", """
+cagnet data prepare-msrc --source /data/MSRC_ObjCategImageDatabase_v2 --root /data/msrc""")
+    msrc.add_argument("--source", required=True, help="the MSRC_v2 folder (Images/*.bmp, "
+                      "newsegmentations_mats/*_GT.mat) or its parent")
+    msrc.add_argument("--root", required=True, help="the dataset folder to write")
+    msrc.set_defaults(handler=run_prepare_msrc)
+
+    lists = add_command(tools, "convert-lists", "the original release's split .npy lists "
+                        "(Context, COCO-Stuff) -> id lists", """
+cagnet data convert-lists --npy dataset/context/split/train_list.npy --out train.txt
+cagnet data convert-lists --npy dataset/cocostuff/split/train_list.npy --out train2017.txt \\
+    --keep-folder""")
     lists.add_argument("--npy", required=True, help="e.g. dataset/context/split/train_list.npy")
     lists.add_argument("--out", required=True, help="the id list to write, e.g. "
                        "data/context/train.txt")
@@ -50,10 +73,12 @@ def add_parser(commands) -> None:
                        "(COCO-Stuff: train2017/<id>)")
     lists.set_defaults(handler=run_convert_lists)
 
-    check = tools.add_parser("check", help="verify a dataset on disk: layout, image counts, "
-                             "class histogram, unseen training pixels, every bad file")
+    check = add_command(tools, "check", "verify a dataset on disk: layout, image counts, "
+                        "class histogram, unseen training pixels, every bad file", """
+cagnet data check --dataset voc12 --root /data/VOCdevkit/VOC2012
+cagnet data check --config experiments/my_data.yaml --out my_data_check.json""")
     check.add_argument("--dataset", choices=BENCHMARK_RECIPES,
-                       help="use experiments/NAME.yaml (give --root)")
+                       help="a benchmark's recipe (give --root)")
     check.add_argument("--config", help="any recipe (custom data)")
     check.add_argument("--root", help="dataset root (sets data.root)")
     check.add_argument("--set", dest="overrides", action="append", default=[],
@@ -107,6 +132,15 @@ def run_prepare_cocostuff(arguments: argparse.Namespace) -> int:
     return 0
 
 
+def run_prepare_msrc(arguments: argparse.Namespace) -> int:
+    from cagnet.tools.msrc import prepare_msrc
+
+    summary = prepare_msrc(arguments.source, arguments.root)
+    print(f"MSRC-21 written to {arguments.root}: {summary['splits']} images "
+          f"(train / val / test), {summary['void_pixels']} void pixels")
+    return 0
+
+
 def run_convert_lists(arguments: argparse.Namespace) -> int:
     from cagnet.tools.prepare import convert_npy_list
 
@@ -116,7 +150,6 @@ def run_convert_lists(arguments: argparse.Namespace) -> int:
 
 
 def run_check(arguments: argparse.Namespace) -> int:
-    from cagnet.datasets.build import PROJECT_ROOT
     from cagnet.config import config_to_dict, load_config
     from cagnet.tools.data_check import check_dataset, format_check_report
     from cagnet.errors import CagnetError
@@ -124,7 +157,7 @@ def run_check(arguments: argparse.Namespace) -> int:
 
     if bool(arguments.dataset) == bool(arguments.config):
         raise CagnetError("data check: give either --dataset NAME --root PATH or --config RECIPE")
-    recipe = arguments.config or PROJECT_ROOT / "experiments" / f"{arguments.dataset}.yaml"
+    recipe = arguments.config or arguments.dataset
     overrides = ([f"data.root={arguments.root}"] if arguments.root else []) + arguments.overrides
     if arguments.dataset and not arguments.root:
         raise CagnetError("data check --dataset: give --root, the dataset folder")

@@ -4,12 +4,19 @@ from __future__ import annotations
 
 import argparse
 
+from cagnet.commands.common import add_command
+
 from cagnet.errors import CagnetError
 
 
 def add_parser(commands) -> None:
-    parser = commands.add_parser("embed", help="build a class-embedding matrix from word "
-                                 "vectors, or import the original release's pickles")
+    parser = add_command(commands, "embed", "build a class-embedding matrix from word "
+                         "vectors, or import the original release's pickles", """
+cagnet embed --class-names my_data/class_names.txt \\
+    --source word2vec_binary:GoogleNews-vectors-negative300.bin --out my_data/class_embeddings.npy
+cagnet embed --class-names data/voc12/class_names.txt --source fasttext_bin:cc.en.300.bin \\
+    --source word2vec_binary:GoogleNews-vectors-negative300.bin --out voc12_fastnvec.npy
+cagnet embed --import-pkl fasttext.pkl word2vec.pkl --out voc12_fastnvec.npy""")
     parser.add_argument("--class-names", help="class-name file (one name per line, line = id)")
     parser.add_argument("--source", action="append", default=[], metavar="KIND:PATH",
                         help="word-vector source, in concatenation order; KIND is word2vec, "

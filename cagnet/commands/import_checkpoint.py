@@ -5,14 +5,18 @@ from __future__ import annotations
 
 import argparse
 
-from cagnet.commands.common import add_config_arguments
+from cagnet.commands.common import add_command, add_config_arguments
 
 
 def add_parser(commands) -> None:
-    parser = commands.add_parser(
-        "import-checkpoint", help="convert an original CaGNet checkpoint (voc12_ourbest.pth ...) "
-        "into a cagnet checkpoint, or with --init-only a DeepLab-v2 init / torchvision ResNet "
-        "into a model.init file")
+    parser = add_command(
+        commands, "import-checkpoint", "convert an original CaGNet checkpoint "
+        "(voc12_ourbest.pth ...) into a cagnet checkpoint, or with --init-only a DeepLab-v2 "
+        "init / torchvision ResNet into a model.init file", """
+cagnet import-checkpoint voc12_ourbest.pth runs/voc12_original.pt --config voc12 \\
+    --set data.root=/data/VOCdevkit/VOC2012
+cagnet import-checkpoint deeplabv2_resnet101_init.pth init/voc12_init.pt --config voc12 \\
+    --init-only""")
     parser.add_argument("original", help="the foreign .pth file")
     parser.add_argument("out", help="the cagnet file to write (.pt)")
     add_config_arguments(parser)

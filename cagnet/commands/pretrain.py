@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import argparse
 
-from cagnet.commands.common import add_config_arguments
+from cagnet.commands.common import add_command, add_config_arguments
 
 
 def add_parser(commands) -> None:
-    parser = commands.add_parser("pretrain", help="image-level pretraining of the backbone "
-                                 "trunk on a labelled image corpus (writes an init file)")
+    parser = add_command(commands, "pretrain", "image-level pretraining of the backbone trunk "
+                         "on a labelled image corpus (writes an init file)", """
+cagnet pretrain --config shapes --set pretrain.corpus=data/shapes/pretrain \\
+    --output-dir runs/pretrain
+cagnet train --config shapes --set model.init=runs/pretrain/backbone_init.pt ...""")
     add_config_arguments(parser)
     parser.add_argument("--output-dir", required=True, help="run directory; the init file is "
                         "written to OUTPUT_DIR/backbone_init.pt (for model.init)")

@@ -4,17 +4,25 @@ from __future__ import annotations
 
 import argparse
 
-from cagnet.commands.common import add_config_arguments
+from cagnet.commands.common import add_command, add_config_arguments
 from cagnet.errors import CagnetError
 
 
 def add_parser(commands) -> None:
-    for name, help_text in (("train", "step 1: train the whole model on seen classes"),
-                            ("finetune", "the mixed step-1 / step-2 schedule from a step-1 "
-                             "checkpoint")):
-        parser = commands.add_parser(name, help=help_text)
+    for name, help_text, examples in (
+            ("train", "step 1: train the whole model on seen classes (SPNet recipes: the "
+             "SPNet model)", """
+cagnet train --config voc12 --set data.root=/data/VOCdevkit/VOC2012 --output-dir runs/voc12
+cagnet train --config voc12 --output-dir runs/voc12 --resume
+cagnet train --config voc12 --output-dir runs/voc12 --resume --set train.iterations=60000"""),
+            ("finetune", "the mixed step-1 / step-2 schedule from a step-1 checkpoint (ZS3Net "
+             "recipes: the GMMN and classifier)", """
+cagnet finetune --config voc12_finetune --from runs/voc12/checkpoints/last.pt \\
+    --output-dir runs/voc12_finetune""")):
+        parser = add_command(commands, name, help_text, examples)
         add_config_arguments(parser)
-        parser.add_argument("--output-dir", required=True, help="run directory")
+        parser.add_argument("--output-dir", required=True, help="run directory: checkpoints/, "
+                            "config.yaml, log.jsonl, metrics.json, report.md, tensorboard/")
         parser.add_argument("--resume", action="store_true",
                             help="continue from the newest valid checkpoint in --output-dir")
         parser.add_argument("--overwrite", action="store_true",

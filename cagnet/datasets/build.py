@@ -7,6 +7,7 @@ below (readers, transforms, the dataset class) receives plain values.
 from __future__ import annotations
 
 import dataclasses
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,19 +23,54 @@ from cagnet.datasets.transforms import EvalTransform, TrainTransform
 from cagnet.errors import DataError
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
+INSTALLED_ROOT = Path(sys.prefix) / "share" / "cagnet"  # data/ and experiments/ of a pip install
 
 
-def resolve_path(path: str, root: str | Path | None = None) -> Path:
+def resolve_path(path: str, root: str | Path | None = None, key: str = "") -> Path:
     """Resolve a path from the config: absolute as given; otherwise relative to the dataset
     root (when given and the file exists there), then to the working directory, then to the
-    project folder (for the class lists and splits shipped in `data/`)."""
+    project folder (the class lists and splits shipped in `data/`). With `key`, a path found
+    nowhere is an error naming every place tried and the `--set` key that overrides it."""
     candidate = Path(path).expanduser()
-    if candidate.is_absolute():
-        return candidate
-    for base in ([Path(root)] if root else []) + [Path.cwd(), PROJECT_ROOT]:
+    bases = [] if candidate.is_absolute() else \
+        ([Path(root).expanduser().absolute()] if root else []) + [Path.cwd(), PROJECT_ROOT,
+                                                                  INSTALLED_ROOT]
+    for base in bases:
         if (base / candidate).exists():
             return base / candidate
+    if key and not candidate.exists():
+        tried = [str(base / candidate) for base in bases] or [str(candidate)]
+        raise DataError(f"{key}: {path} not found (looked for {', '.join(tried)}); give its "
+                        f"location with --set {key}=PATH")
     return candidate
+
+
+def with_absolute_paths(config: Config) -> Config:
+    """A copy of `config` whose file settings are absolute (where they exist), so that the
+    run's config.yaml and checkpoints work from any folder."""
+    import copy
+
+    config = copy.deepcopy(config)
+    data = config.data
+    data.root = str(Path(data.root).expanduser().absolute())
+    for section, key, relative_to_root in (
+            (data, "class_names", True), (data, "split", True), (data, "train_list", True),
+            (data, "val_list", True), (data, "validation_list", True),
+            (data, "label_names", True), (data, "sbd_root", False),
+            (data, "pseudo_label_dir", False), (config.embeddings, "path", True),
+            (config.model, "init", False), (config.pretrain, "corpus", True)):
+        value = getattr(section, key)
+        if value:
+            found = resolve_path(value, data.root if relative_to_root else None)
+            if found.exists():
+                setattr(section, key, str(found.absolute()))
+    model = config.model
+    if model.pretrained not in ("none", "default") and Path(model.pretrained).expanduser().exists():
+        model.pretrained = str(Path(model.pretrained).expanduser().absolute())
+    source, _, factory = model.trunk.removeprefix("python:").rpartition(":")
+    if model.trunk.startswith("python:") and source.endswith(".py") and Path(source).is_file():
+        model.trunk = f"python:{Path(source).absolute()}:{factory}"
+    return config
 
 
 @dataclass
@@ -53,15 +89,16 @@ class Benchmark:
 
 def build_split(config: Config) -> ClassSplit:
     """The class names and the seen / unseen / validation split of `config.data`."""
-    class_names = read_class_names(resolve_path(config.data.class_names, config.data.root))
-    return read_split(resolve_path(config.data.split, config.data.root), class_names)
+    data = config.data
+    class_names = read_class_names(resolve_path(data.class_names, data.root, "data.class_names"))
+    return read_split(resolve_path(data.split, data.root, "data.split"), class_names)
 
 
 def build_benchmark(config: Config) -> Benchmark:
     """Class names, split and the class-embedding rows in model order."""
     split = build_split(config)
     class_names = split.class_names
-    embedding_path = resolve_path(config.embeddings.path, config.data.root)
+    embedding_path = resolve_path(config.embeddings.path, config.data.root, "embeddings.path")
     matrix, metadata = load_class_embeddings(embedding_path, expected_rows=len(class_names))
     rows = np.asarray(matrix, dtype=np.float32)[list(split.model_ids)]
     return Benchmark(split, rows, metadata, embedding_path)
@@ -87,11 +124,13 @@ def build_dataset(data: DataConfig, split: ClassSplit, seed: int, part: str = "t
     like test images (self-training labels them that way). Test images get the test lookup.
     With `data.drop_images_with_unseen` the training ids holding unseen-class pixels are
     removed (masks read once, here); with `data.pseudo_label_dir` training labels come from
-    that folder (self-training), with unseen ids mapped to S..S+U-1.
+    that folder (self-training), with unseen ids mapped to S..S+U-1. `data.label_map`
+    renames raw mask values before any of that.
     """
     root = Path(data.root)
     if not root.is_dir():
-        raise DataError(f"data.root: dataset folder not found: {root}")
+        raise DataError(f"data.root: dataset folder not found: {root.absolute()}; give it with "
+                        "--set data.root=PATH")
     source = benchmarks.label_source(data, root, split.class_names)
     listed = {"test": data.val_list, "validation": data.validation_list}.get(part)
     if listed:
@@ -102,10 +141,13 @@ def build_dataset(data: DataConfig, split: ClassSplit, seed: int, part: str = "t
             if data.validation_holdout else set()
         keep = part == "validation"
         ids = [image_id for image_id in ids if (image_id in held_out) == keep]
+    rename = np.arange(256)
+    rename[list(data.label_map)] = list(data.label_map.values())
+    known = split.known_ids() | set(data.label_map)
     if part != "train":
-        return benchmarks.make_dataset(data, root, ids, source, split.test_lookup(),
-                                       split.known_ids(), EvalTransform(tuple(data.mean_bgr),
-                                                                        eval_warp or 513), seed)
+        return benchmarks.make_dataset(data, root, ids, source, split.test_lookup()[rename],
+                                       known, EvalTransform(tuple(data.mean_bgr),
+                                                            eval_warp or 513), seed)
     if data.drop_images_with_unseen:
         ids = benchmarks.drop_images_with_unseen(ids, source, split.unseen_ids,
                                                  data.on_bad_sample == "skip",
@@ -124,8 +166,8 @@ def build_dataset(data: DataConfig, split: ClassSplit, seed: int, part: str = "t
     transform = EvalTransform(tuple(data.mean_bgr), eval_warp) if eval_warp else \
         TrainTransform(tuple(data.mean_bgr), data.warp_size, data.crop_size, data.scale_min,
                        data.scale_max, data.flip, data.padding)
-    return benchmarks.make_dataset(data, root, ids, source, lookup, split.known_ids(),
-                                   transform, seed)
+    return benchmarks.make_dataset(data, root, ids, source, lookup[rename], known, transform,
+                                   seed)
 
 
 def build_eval_loader(config: Config, split: ClassSplit, part: str = "test") -> DataLoader:

@@ -151,22 +151,21 @@ def _resolve_ids(path: Path, key: str, entries: object, class_names: Sequence[st
 
 def read_id_list(path: str | Path) -> list[str]:
     """Read an image-id list (one id per line, e.g. `2007_000032`), rejecting ids that would
-    escape the dataset root (absolute paths, `..` components)."""
+    escape the dataset root (absolute paths, `..` components) or hold control characters;
+    one error names every bad line."""
     path = Path(path)
-    lines = _read_lines(path, "image list")
-    ids = []
-    for line_number, line in enumerate(lines, start=1):
+    ids, bad = [], []
+    for line_number, line in enumerate(_read_lines(path, "image list"), start=1):
         item = line.strip().split()[0] if line.strip() else ""
         if not item:
             continue
-        parts = Path(item).parts
-        if Path(item).is_absolute() or ".." in parts or "\\" in item:
-            raise DataError(f"{path}, line {line_number}: id {item!r} would escape the dataset "
-                            "root; expected a relative id without '..'")
-        if any(ord(character) < 32 for character in item):
-            raise DataError(f"{path}, line {line_number}: id {item!r} contains a control "
-                            "character")
+        if Path(item).is_absolute() or ".." in Path(item).parts or "\\" in item \
+                or any(ord(character) < 32 for character in item):
+            bad.append(f"line {line_number}: {item!r}")
         ids.append(item)
+    if bad:
+        raise DataError(f"{path}: {len(bad)} ids would escape the dataset root or hold control "
+                        f"characters (expected relative ids without '..'): {'; '.join(bad[:20])}")
     if not ids:
         raise DataError(f"image list {path} is empty: expected one image id per line")
     return ids

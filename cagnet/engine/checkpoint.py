@@ -184,7 +184,8 @@ def model_from_checkpoint(state: dict, source: str | Path = "checkpoint",
     if embeddings.shape[0] != len(class_names):
         raise CheckpointError(f"{source}: {len(class_names)} class names but "
                               f"{embeddings.shape[0]} class-embedding rows")
-    model = build_model(stored.baseline.method, stored.model, embeddings, int(state["num_seen"]))
+    model = build_model(stored.baseline.method, stored.model, embeddings, int(state["num_seen"]),
+                        stored.data.mean_bgr, load_pretrained=False)
     load_weights(model, state, source)
     extension = (state.get("extra") or {}).get("extension") or {}
     return LoadedModel(model.eval(), config, class_names, int(state["num_seen"]), state,

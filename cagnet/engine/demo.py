@@ -18,26 +18,21 @@ from pathlib import Path
 from typing import Sequence
 
 from cagnet.config import load_config
-from cagnet.datasets.build import PROJECT_ROOT
 from cagnet.datasets.shapes import prepare_shapes
 from cagnet.engine.pretrain import pretrained_init
 from cagnet.engine.trainer import train
-from cagnet.errors import ConfigError
 from cagnet.report.tables import format_scores_line
 
 LOGGER = logging.getLogger("cagnet")
-DEFAULT_RECIPE = PROJECT_ROOT / "experiments" / "shapes.yaml"
-FINETUNE_RECIPE = PROJECT_ROOT / "experiments" / "shapes_finetune.yaml"
+DEFAULT_RECIPE = "shapes"
+FINETUNE_RECIPE = "shapes_finetune"
 
 
 def run_demo(output_dir: Path, recipe: str | None = None, overrides: Sequence[str] = (),
              seed: int = 0) -> dict:
     """Run the demo into `output_dir`; returns the final scores."""
     started = time.perf_counter()
-    step1_recipe = Path(recipe) if recipe else DEFAULT_RECIPE
-    if not step1_recipe.is_file() or not FINETUNE_RECIPE.is_file():
-        raise ConfigError(f"demo recipes not found ({step1_recipe}, {FINETUNE_RECIPE}): run the "
-                          "demo from a source checkout installed with `pip install -e .`")
+    step1_recipe = recipe or DEFAULT_RECIPE
     data_dir = output_dir / "shapes"
     embeddings = prepare_shapes(data_dir, seed)
     paths = [f"data.root={data_dir}", f"embeddings.path={embeddings}",

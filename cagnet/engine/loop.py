@@ -151,6 +151,12 @@ def run(method: Method, settings: LoopSettings, run_dir: str | Path | None, *,
     if run_dir is not None and execution.is_main_process:
         prepare_run_dir(run_dir, resume, overwrite)
     resumed = newest_valid_checkpoint(run_dir) if resume and run_dir is not None else None
+    if resumed is not None and resumed[1]["iteration"] >= settings.iterations:
+        LOGGER.warning("%s is finished (iteration %d of %d): nothing to do and nothing changed; "
+                       "to train longer, resume with a larger train.iterations", run_dir,
+                       resumed[1]["iteration"], settings.iterations)
+        return TrainResult(run_dir, resumed[0], resumed[1]["extra"].get("scores") or None)
+    extended_from = resumed[1]["extra"].get("iterations") if resumed is not None else None
     if resumed is None:
         method.initialise()
     elif method.config is not None:
@@ -166,6 +172,9 @@ def run(method: Method, settings: LoopSettings, run_dir: str | Path | None, *,
             truncate_log(run_dir / "log.jsonl", resumed[1]["extra"].get("log_bytes"),
                          loop.state.iteration)
         LOGGER.info("resuming %s at iteration %d", resumed[0], loop.state.iteration)
+        if extended_from is not None and extended_from != settings.iterations:
+            loop.extension = {"event": "extend", "from_iterations": extended_from,
+                              "to_iterations": settings.iterations}
     elif run_dir is not None:
         loop.checkpoint("last.pt")  # a resume and rollback point before the first interval
     return loop.run(purge_step=loop.state.iteration + 1 if resumed is not None else None)
@@ -184,6 +193,7 @@ class TrainingLoop:
                                        settings.rollback_lr_factor, settings.max_rollbacks)
         self.saved_iteration = -1
         self.log = self.batches = self.progress = None
+        self.extension: dict | None = None  # a resumed run told to train longer
 
     def _make_batches(self, iteration: int):
         """A fresh loader iterator whose first batch is the next one `iteration` needs."""
@@ -204,6 +214,8 @@ class TrainingLoop:
             if self.run_dir is not None and self.execution.is_main_process \
             else RunLog(self.run_dir or Path("."), enabled=False)
         self.batches = self._make_batches(self.state.iteration)
+        if self.extension:
+            self.log.write("run", self.state.iteration, self.extension)
         from tqdm import tqdm
 
         self.progress = tqdm(total=total, initial=self.state.iteration, unit="it",
@@ -292,7 +304,7 @@ class TrainingLoop:
                         optimizers={key: optimizer.state_dict()
                                     for key, optimizer in method.optimizers.items()},
                         extra={**extra, **self.execution.state_dict(),
-                               **method.extra_state()})
+                               **method.extra_state(), "iterations": self.settings.iterations})
         if name == "last.pt":
             self.saved_iteration = self.state.iteration
         return path

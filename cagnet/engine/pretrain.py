@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cagnet.config import Config, config_to_dict, save_config
-from cagnet.datasets.build import resolve_path
+from cagnet.datasets.build import resolve_path, with_absolute_paths
 from cagnet.datasets.corpus import augment, read_corpus
 from cagnet.engine import loop
 from cagnet.engine.schedules import warmup_cosine_lr
@@ -177,21 +177,18 @@ def evaluate_accuracy(model: nn.Module, images: torch.Tensor, targets: torch.Ten
 
 def pretrain(config: Config, run_dir: str | Path, *, resume: bool = False,
              overwrite: bool = False, show_progress: bool = True) -> dict:
-    """`cagnet pretrain`: build the configured backbone (its ASPP sized to the embedding file's
-    dimension), pretrain it on `config.pretrain.corpus` into `run_dir` and write
+    """`cagnet pretrain`: build the configured backbone (its ASPP of `model.feature_dim`
+    outputs), pretrain it on `config.pretrain.corpus` into `run_dir` and write
     `<run_dir>/backbone_init.pt`; returns the summary (held-out accuracy, counts)."""
-    from cagnet.class_embeddings import load_class_embeddings
     from cagnet.models.build import build_backbone
 
     if not config.pretrain.corpus:
         raise ConfigError("pretrain.corpus: no corpus folder configured")
-    embed_dim = 8
-    if config.pretrain.include_aspp:
-        matrix, _ = load_class_embeddings(resolve_path(config.embeddings.path, config.data.root))
-        embed_dim = matrix.shape[1]
+    config = with_absolute_paths(config)
     apply_run_settings(config.train.threads, config.train.seed, config.train.deterministic)
     device = resolve_device(config.train.device)
-    backbone = build_backbone(config.model, embed_dim)  # initial weights drawn after seeding
+    # the initial weights are drawn after seeding
+    backbone = build_backbone(config.model, config.model.feature_dim, config.data.mean_bgr)
     method = Pretraining(config, backbone, device)
     settings = loop.LoopSettings.from_train(config.train, config.pretrain.iterations)
     loop.run(method, settings, run_dir, resume=resume, overwrite=overwrite,
@@ -201,14 +198,14 @@ def pretrain(config: Config, run_dir: str | Path, *, resume: bool = False,
 
 def pretrained_init(config: Config, run_dir: Path, show_progress: bool = True) -> Path:
     """The init file of `pretrain(config)` in `run_dir`, trained once and reused while the
-    settings it depends on (model, embeddings, pretraining, seed) are unchanged."""
+    settings it depends on (model, pretraining, seed) are unchanged."""
     import json
 
     from cagnet.utils.io import atomic_write_json
 
     values = config_to_dict(config)
-    signature = {"model": values["model"], "embeddings": config.embeddings.path,
-                 "pretrain": values["pretrain"], "seed": config.train.seed}
+    signature = {"model": values["model"], "pretrain": values["pretrain"],
+                 "seed": config.train.seed}
     path, signature_file = run_dir / INIT_FILE, run_dir / "settings.json"
     if path.is_file() and signature_file.is_file() \
             and json.loads(signature_file.read_text()) == signature:

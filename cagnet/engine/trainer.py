@@ -14,7 +14,8 @@ from pathlib import Path
 import torch
 
 from cagnet.config import Config, config_to_dict, save_config
-from cagnet.datasets.build import Benchmark, build_benchmark, build_dataset, build_eval_loader
+from cagnet.datasets.build import (Benchmark, build_benchmark, build_dataset, build_eval_loader,
+                                   with_absolute_paths)
 from cagnet.engine import loop
 from cagnet.engine.checkpoint import (check_same_classes, load_backbone_init, load_checkpoint,
                                       load_weights)
@@ -127,7 +128,7 @@ class CaGNetTraining(loop.Method):
         """Scores on the validation images (never the test list)."""
         scores = self._evaluate(None, "", self.validation_loader)
         log_evaluation_panel(log, iteration, self.model, self.validation_loader,
-                             self.settings.data.mean_bgr, self.execution.device)
+                             self.settings.data.mean_bgr, self.execution.device, self.class_names)
         return scores
 
     def evaluate(self, report_dir: Path | None, log: RunLog) -> dict:
@@ -135,7 +136,7 @@ class CaGNetTraining(loop.Method):
         scores = self._evaluate(report_dir, f"{self.settings.name}: {train.stage} after "
                                             f"{train.iterations} iterations")
         log_evaluation_panel(log, train.iterations, self.model, self.eval_loader,
-                             self.settings.data.mean_bgr, self.execution.device)
+                             self.settings.data.mean_bgr, self.execution.device, self.class_names)
         return scores
 
     def _evaluate(self, report_dir: Path | None, title: str, loader=None) -> dict:
@@ -161,11 +162,13 @@ def train(config: Config, run_dir: str | Path, *, resume: bool = False,
         method_class: a `CaGNetTraining` subclass that changes one step (self-training's
             zero-embedding switch).
     """
+    config = with_absolute_paths(config)  # the run works from any folder
     # Under torchrun: join the process group; only rank 0 writes into the run directory.
     execution = build_execution(config.train, resolve_device(config.train.device))
     apply_run_settings(config.train.threads, config.train.seed, config.train.deterministic)
     benchmark = build_benchmark(config)
-    model = build_cagnet(config.model, benchmark.class_embeddings, benchmark.split.num_seen)
+    model = build_cagnet(config.model, benchmark.class_embeddings, benchmark.split.num_seen,
+                         config.data.mean_bgr)
     method = method_class(config, benchmark, model, execution, init_checkpoint)
     distributed.barrier()
     execution.prepare(model)  # to the device, channels_last / compile, rank 0's weights

@@ -23,30 +23,38 @@ from cagnet.models.contextual import ContextualModule
 from cagnet.models.discriminator import Discriminator
 from cagnet.models.generator import Generator
 from cagnet.models.spnet import SPNet
-from cagnet.models.trunks import TrunkWithASPP
+from cagnet.models.trunks import TrunkWithASPP, build_trunk
 
 METHODS = ("cagnet", "zs3net", "spnet")
 
 
-def build_backbone(model: ModelConfig, embed_dim: int, trunk: nn.Module | None = None,
-                   trunk_channels: int | None = None) -> nn.Module:
-    """The DeepLab-v2 ResNet + ASPP of `model`, or `trunk` (any module mapping (B, 3, H, W)
-    images to (B, C, h, w) features, C = `trunk_channels` or measured) under the same ASPP."""
-    if trunk is not None:
-        return TrunkWithASPP(trunk, trunk_channels, embed_dim, tuple(model.aspp_dilations))
-    return DeepLabV2(blocks_per_stage=tuple(model.blocks_per_stage),
-                     base_width=model.base_width, embed_dim=embed_dim,
-                     aspp_dilations=tuple(model.aspp_dilations))
+def build_backbone(model: ModelConfig, out_channels: int, mean_bgr=(104.008, 116.669, 122.675),
+                   load_pretrained: bool = True) -> nn.Module:
+    """The trunk of `model.trunk` under the ASPP (its `out_channels` outputs): the DeepLab-v2
+    ResNet, or a torchvision / timm / Python trunk (`models/trunks.py`). `load_pretrained`
+    False builds the architecture only (a checkpoint brings the weights)."""
+    if model.trunk == "deeplabv2_resnet101":
+        if model.normalization not in ("auto", "caffe"):
+            raise ConfigError(f"model.normalization: the DeepLab-v2 trunk takes caffe input, "
+                              f"got {model.normalization!r}")
+        return DeepLabV2(blocks_per_stage=tuple(model.blocks_per_stage),
+                         base_width=model.base_width, embed_dim=out_channels,
+                         aspp_dilations=tuple(model.aspp_dilations))
+    trunk = build_trunk(model.trunk, model.pretrained if load_pretrained else "none",
+                        model.trunk_endpoint, model.output_stride, model.normalization, mean_bgr)
+    return TrunkWithASPP(trunk, None, out_channels, tuple(model.aspp_dilations))
 
 
 def build_cagnet(model: ModelConfig, class_embeddings: np.ndarray | torch.Tensor, num_seen: int,
-                 trunk: nn.Module | None = None, trunk_channels: int | None = None) -> CaGNet:
-    """The composed CaGNet over `class_embeddings` (K, E), seen classes first."""
+                 mean_bgr=(104.008, 116.669, 122.675), load_pretrained: bool = True) -> CaGNet:
+    """The composed CaGNet over `class_embeddings` (K, E), seen classes first; pixel features
+    (ASPP output, latent code, generated features, classifier input) are `model.feature_dim`
+    wide, whatever E is."""
     embeddings = torch.as_tensor(class_embeddings, dtype=torch.float32)
-    embed_dim = embeddings.shape[1]
+    embed_dim, feature_dim = embeddings.shape[1], model.feature_dim
     # Built first: the modules' random initial weights are drawn in this order.
-    backbone = build_backbone(model, embed_dim, trunk, trunk_channels)
-    context = ContextualModule(embed_dim=embed_dim, hidden_channels=model.context_channels,
+    backbone = build_backbone(model, feature_dim, mean_bgr, load_pretrained)
+    context = ContextualModule(embed_dim=feature_dim, hidden_channels=model.context_channels,
                                dilations=tuple(model.context_dilations),
                                relu_before_selector=model.relu_before_selector,
                                relu_on_logvar=model.relu_on_logvar)
@@ -54,10 +62,10 @@ def build_cagnet(model: ModelConfig, class_embeddings: np.ndarray | torch.Tensor
         # Quirk of the original: the scale selector is in no optimiser group, so it keeps its
         # initial weights. Making it non-trainable states that explicitly.
         context.selector.requires_grad_(False)
-    generator = Generator(embed_dim=embed_dim, latent_dim=embed_dim, feature_dim=embed_dim,
+    generator = Generator(embed_dim=embed_dim, latent_dim=feature_dim, feature_dim=feature_dim,
                           hidden_dims=tuple(model.generator_hidden),
                           dropouts=tuple(model.generator_dropout))
-    discriminator = Discriminator(feature_dim=embed_dim, hidden_dim=model.discriminator_hidden,
+    discriminator = Discriminator(feature_dim=feature_dim, hidden_dim=model.discriminator_hidden,
                                   num_classes=embeddings.shape[0],
                                   extra_logit=model.extra_logit,
                                   dropout=model.discriminator_dropout)
@@ -67,19 +75,20 @@ def build_cagnet(model: ModelConfig, class_embeddings: np.ndarray | torch.Tensor
 
 
 def build_spnet(model: ModelConfig, class_embeddings: np.ndarray | torch.Tensor, num_seen: int,
-                trunk: nn.Module | None = None, trunk_channels: int | None = None) -> SPNet:
-    """SPNet over the configured backbone."""
+                mean_bgr=(104.008, 116.669, 122.675), load_pretrained: bool = True) -> SPNet:
+    """SPNet over the configured trunk: its ASPP outputs E, the embedding dimension (the
+    projection's space), whatever `model.feature_dim` says."""
     embeddings = torch.as_tensor(class_embeddings, dtype=torch.float32)
-    return SPNet(build_backbone(model, embeddings.shape[1], trunk, trunk_channels), embeddings,
-                 num_seen, train_scales=tuple(model.train_scales))
+    return SPNet(build_backbone(model, embeddings.shape[1], mean_bgr, load_pretrained),
+                 embeddings, num_seen, train_scales=tuple(model.train_scales))
 
 
 def build_model(method: str, model: ModelConfig, class_embeddings: np.ndarray | torch.Tensor,
-                num_seen: int, trunk: nn.Module | None = None,
-                trunk_channels: int | None = None) -> nn.Module:
+                num_seen: int, mean_bgr=(104.008, 116.669, 122.675),
+                load_pretrained: bool = True) -> nn.Module:
     """The network of `method` (`baseline.method`)."""
     if method not in METHODS:
         raise ConfigError(f"baseline.method: expected one of {', '.join(METHODS)}, got "
                           f"{method!r}")
     builder = build_spnet if method == "spnet" else build_cagnet
-    return builder(model, class_embeddings, num_seen, trunk, trunk_channels)
+    return builder(model, class_embeddings, num_seen, mean_bgr, load_pretrained)

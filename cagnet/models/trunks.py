@@ -1,19 +1,27 @@
-"""Pluggable backbones: any image trunk followed by CaGNet's ASPP head.
+"""Trunks: the image feature extractor under the ASPP head, named in recipes (`model.trunk`).
 
-A trunk is any `nn.Module` mapping an image batch (B, 3, H, W) to a feature map (B, C, h, w)
-(a torchvision ResNet without `avgpool` / `fc`, a ConvNeXt stage stack, ...). `TrunkWithASPP`
-puts the DeepLab-v2 ASPP on top (C -> E, the class-embedding dimension), so the contextual
-module, generator and classifier, which are all E-dimensional, need no change. It exposes
-`.aspp` (the optimiser gives the ASPP its own learning-rate groups), `trunk_forward` like
-`DeepLabV2`, and `feature_size(H, W)` measured by one dummy forward per input size.
+- `deeplabv2_resnet101` (the paper's): `models/backbone.py`, its depth and width from
+  `model.blocks_per_stage` / `base_width` (smaller ones for CPU runs);
+- `torchvision:<name>`: `torchvision.models.get_model(name)` cut at `model.trunk_endpoint`
+  (a node name; default `layer4` for ResNets, `features` otherwise) with torchvision's feature
+  extractor; ResNets are dilated to `model.output_stride` (8 or 16);
+- `timm:<name>`: `timm.create_model(name, features_only=True, out_indices=(endpoint,),
+  output_stride=...)` (an optional extra: `pip install -e ".[timm]"`);
+- `python:<module or path.py>:<callable>`: any factory `callable(pretrained: str) -> nn.Module`
+  mapping normalised (B, 3, H, W) images to (B, C, h, w) features.
 
-Inputs are the project's: BGR, 0..255, minus `data.mean_bgr` (Caffe convention). Trunks
-pretrained the torchvision way (RGB, 0..1, ImageNet mean / std) go behind
-`TorchvisionInput(mean_bgr)`. `freeze_batch_norm` swaps every `nn.BatchNorm2d` for the
-project's `FrozenBatchNorm2d`, as the method keeps BatchNorm frozen (method.md §1.1).
+`model.pretrained` is `none`, `default` (the library's own weights, downloaded when online)
+or a local file (a state dict of the model before it is cut). The input normalisation belongs
+to the trunk (`model.normalization`: `auto` = `caffe` for DeepLab-v2, else `imagenet`;
+`centred` = (x - 127.5) / 127.5): images always arrive as the project's BGR minus
+`data.mean_bgr`, and `InputNormalization` converts them. Every BatchNorm is frozen.
 """
 
 from __future__ import annotations
+
+import importlib
+import importlib.util
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -23,28 +31,36 @@ from cagnet.models.backbone import ASPP, FrozenBatchNorm2d, kaiming_init
 
 IMAGENET_MEAN_RGB = (0.485, 0.456, 0.406)
 IMAGENET_STD_RGB = (0.229, 0.224, 0.225)
+NORMALIZATIONS = ("caffe", "imagenet", "centred")
 
 
-class TorchvisionInput(nn.Module):
-    """Convert the project's input (B, 3, H, W) BGR minus `mean_bgr`, 0..255 scale, to what
-    torchvision's pretrained weights expect: RGB in 0..1, normalised by the ImageNet mean and
-    std."""
+class InputNormalization(nn.Module):
+    """The project's input (B, 3, H, W), BGR 0..255 minus `mean_bgr`, to what a trunk expects:
+    `imagenet` (RGB in 0..1 minus the ImageNet mean, over its std), `centred` (RGB,
+    (x - 127.5) / 127.5) or `caffe` (unchanged)."""
 
-    def __init__(self, mean_bgr: tuple[float, float, float] | list[float]) -> None:
+    def __init__(self, kind: str, mean_bgr) -> None:
         super().__init__()
+        if kind not in NORMALIZATIONS:
+            raise ConfigError(f"model.normalization: expected auto or one of "
+                              f"{', '.join(NORMALIZATIONS)}, got {kind!r}")
+        self.kind = kind
+        mean, std = {"imagenet": (IMAGENET_MEAN_RGB, IMAGENET_STD_RGB),
+                     "centred": ((0.5,) * 3, (0.5,) * 3)}.get(kind, ((0.0,) * 3, (1.0,) * 3))
         self.register_buffer("mean_bgr", torch.tensor(list(mean_bgr)).view(1, 3, 1, 1))
-        self.register_buffer("mean_rgb", torch.tensor(IMAGENET_MEAN_RGB).view(1, 3, 1, 1))
-        self.register_buffer("std_rgb", torch.tensor(IMAGENET_STD_RGB).view(1, 3, 1, 1))
+        self.register_buffer("mean_rgb", torch.tensor(mean).view(1, 3, 1, 1))
+        self.register_buffer("std_rgb", torch.tensor(std).view(1, 3, 1, 1))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if self.kind == "caffe":
+            return images
         rgb = (images + self.mean_bgr.to(images.dtype)).flip(1) / 255.0
         return (rgb - self.mean_rgb.to(images.dtype)) / self.std_rgb.to(images.dtype)
 
 
 def freeze_batch_norm(module: nn.Module) -> nn.Module:
     """Replace every `nn.BatchNorm2d` inside `module` (in place) by a `FrozenBatchNorm2d` with
-    the same statistics and affine parameters; returns `module` (or the replacement when
-    `module` itself is a BatchNorm)."""
+    the same statistics and affine parameters; returns `module` (or its replacement)."""
     if isinstance(module, nn.BatchNorm2d):
         frozen = FrozenBatchNorm2d(module.num_features, module.eps)
         with torch.no_grad():
@@ -63,8 +79,8 @@ def freeze_batch_norm(module: nn.Module) -> nn.Module:
 
 
 def probe_output(module: nn.Module, height: int, width: int) -> torch.Size:
-    """Shape of `module`'s output for one (1, 3, H, W) zero image: one forward in eval mode
-    without gradients; every submodule's train/eval mode is restored afterwards."""
+    """Shape of `module`'s output for one (1, 3, H, W) zero image (eval mode, no gradients;
+    every submodule's mode is restored)."""
     modes = [(child, child.training) for child in module.modules()]
     reference = next(iter(module.parameters()), None)
     if reference is None:
@@ -72,54 +88,46 @@ def probe_output(module: nn.Module, height: int, width: int) -> torch.Size:
     module.eval()
     try:
         with torch.no_grad():
-            dummy = torch.zeros(1, 3, height, width, device=reference.device,
-                                dtype=reference.dtype if reference.is_floating_point()
-                                else torch.float32)
-            return module(dummy).shape
+            return module(torch.zeros(1, 3, height, width, device=reference.device)).shape
     finally:
         for child, mode in modes:
             child.training = mode
 
 
 class TrunkWithASPP(nn.Module):
-    """Any trunk + the DeepLab-v2 ASPP: images (B, 3, H, W) -> (B, E, h, w).
+    """Any trunk + the DeepLab-v2 ASPP: images (B, 3, H, W) -> (B, F, h, w).
 
     Args:
         trunk: module mapping (B, 3, H, W) -> (B, C, h, w).
         trunk_channels: C; None measures it with one dummy forward of a 64 x 64 image.
-        embed_dim: E, the ASPP output channels (the class-embedding dimension).
+        out_channels: F, the ASPP output channels (the pixel-feature width).
         dilations: dilation (= padding) of each ASPP branch.
     """
 
-    def __init__(self, trunk: nn.Module, trunk_channels: int | None, embed_dim: int,
+    def __init__(self, trunk: nn.Module, trunk_channels: int | None, out_channels: int,
                  dilations: tuple[int, ...] = (6, 12, 18, 24)) -> None:
         super().__init__()
         if not dilations:
-            raise ConfigError("aspp_dilations must list at least one dilation")
+            raise ConfigError("model.aspp_dilations must list at least one dilation")
         if trunk_channels is None:
             shape = probe_output(trunk, 64, 64)
             if len(shape) != 4:
                 raise ConfigError(f"the trunk must return a (B, C, h, w) feature map, it "
                                   f"returns shape {tuple(shape)} for a 64 x 64 image")
             trunk_channels = int(shape[1])
-        self.trunk = trunk
-        self.trunk_channels = int(trunk_channels)
-        self.embed_dim = embed_dim
-        self.aspp = ASPP(self.trunk_channels, embed_dim, tuple(dilations))
+        self.trunk, self.trunk_channels = trunk, int(trunk_channels)
+        self.embed_dim = out_channels
+        self.aspp = ASPP(self.trunk_channels, out_channels, tuple(dilations))
         kaiming_init(self.aspp)
         self._sizes: dict[tuple[int, int], tuple[int, int]] = {}
 
     def trunk_forward(self, images: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) -> (B, C, h, w), checking C."""
-        features = self.trunk(images)
-        if features.dim() != 4 or features.shape[1] != self.trunk_channels:
-            raise ConfigError(f"the trunk returned shape {tuple(features.shape)}, expected "
-                              f"(B, {self.trunk_channels}, h, w) (trunk_channels)")
-        return features
+        """(B, 3, H, W) -> (B, C, h, w)."""
+        return self.trunk(images)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) -> pre-activation ASPP output (B, E, h, w)."""
-        return self.aspp(self.trunk_forward(images))
+        """(B, 3, H, W) -> pre-activation ASPP output (B, F, h, w)."""
+        return self.aspp(self.trunk(images))
 
     def feature_size(self, height: int, width: int) -> tuple[int, int]:
         """(h, w) of the output for an (H, W) input: one dummy trunk forward per size."""
@@ -130,11 +138,129 @@ class TrunkWithASPP(nn.Module):
         return self._sizes[key]
 
 
-def torchvision_resnet_trunk(resnet: nn.Module, mean_bgr, torchvision_input: bool = True
-                             ) -> nn.Sequential:
-    """The convolutional part of a torchvision ResNet (stem and layer1..layer4, without avgpool
-    and fc), with frozen BatchNorm, behind `TorchvisionInput(mean_bgr)` when asked."""
-    layers = [resnet.conv1, resnet.bn1, resnet.relu, resnet.maxpool, resnet.layer1,
-              resnet.layer2, resnet.layer3, resnet.layer4]
-    trunk = freeze_batch_norm(nn.Sequential(*layers))
-    return nn.Sequential(TorchvisionInput(mean_bgr), trunk) if torchvision_input else trunk
+class _Endpoint(nn.Module):
+    """The tensor of one named output of a feature extractor (torchvision) or the single
+    feature map of a timm `features_only` model."""
+
+    def __init__(self, extractor: nn.Module, key: str | int) -> None:
+        super().__init__()
+        self.extractor, self.key = extractor, key
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.extractor(images)[self.key]
+
+
+def dilate_resnet(resnet: nn.Module, output_stride: int) -> nn.Module:
+    """Turn the last stride-2 stages of a torchvision ResNet into dilated ones (atrous, as
+    DeepLab does), for output stride 8 (layer3 and layer4) or 16 (layer4); works for basic
+    and bottleneck blocks. In place; returns `resnet`."""
+    stages = {8: ("layer3", "layer4"), 16: ("layer4",), 32: ()}
+    if output_stride not in stages:
+        raise ConfigError(f"model.output_stride: expected 8, 16 or 32, got {output_stride}")
+    dilation = 1
+    for name in stages[output_stride]:  # every 3x3 conv of a dilated stage, as DeepLab-v2
+        dilation *= 2
+        for layer in getattr(resnet, name).modules():
+            if isinstance(layer, nn.Conv2d) and layer.stride == (2, 2):
+                layer.stride = (1, 1)
+            if isinstance(layer, nn.Conv2d) and layer.kernel_size == (3, 3):
+                layer.dilation, layer.padding = (dilation, dilation), (dilation, dilation)
+    return resnet
+
+
+def _load_local(model: nn.Module, path: str, trunk: str) -> None:
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise ConfigError(f"model.pretrained: weight file not found: {file} (for {trunk})")
+    try:
+        state = torch.load(file, map_location="cpu", weights_only=True)
+        model.load_state_dict(state.get("state_dict", state) if isinstance(state, dict) else state)
+    except (RuntimeError, KeyError, TypeError, ValueError) as error:
+        lines = str(error).strip().splitlines()
+        raise ConfigError(f"model.pretrained: {file} does not fit {trunk}: "
+                          f"{lines[0] if lines else error!r}") from None
+
+
+def _torchvision(name: str, pretrained: str, endpoint: str, output_stride: int) -> nn.Module:
+    import torchvision
+    from torchvision.models.feature_extraction import create_feature_extractor
+
+    try:
+        model = torchvision.models.get_model(name, weights="DEFAULT" if pretrained == "default"
+                                             else None)
+    except ValueError as error:
+        raise ConfigError(f"model.trunk torchvision:{name}: {error}") from None
+    except (OSError, RuntimeError) as error:
+        raise ConfigError(f"model.pretrained default: torchvision could not fetch the weights "
+                          f"of {name} ({error}); give a local file instead") from None
+    if pretrained not in ("none", "default"):
+        _load_local(model, pretrained, f"torchvision:{name}")
+    is_resnet = hasattr(model, "layer4")
+    if is_resnet:
+        dilate_resnet(model, output_stride)
+    node = endpoint or ("layer4" if is_resnet else "features")
+    try:
+        extractor = create_feature_extractor(model, return_nodes={node: "out"})
+    except ValueError as error:
+        raise ConfigError(f"model.trunk_endpoint: {node!r} is not a node of torchvision:{name} "
+                          f"({str(error).splitlines()[0]})") from None
+    return _Endpoint(extractor, "out")
+
+
+def _timm(name: str, pretrained: str, endpoint: str, output_stride: int) -> nn.Module:
+    try:
+        import timm
+    except ImportError:
+        raise ConfigError(f"model.trunk timm:{name} needs timm: pip install -e \".[timm]\"") \
+            from None
+    index = int(endpoint) if endpoint else -1
+    try:
+        model = timm.create_model(name, pretrained=pretrained == "default", features_only=True,
+                                  out_indices=(index,), output_stride=output_stride)
+    except (RuntimeError, OSError, ValueError) as error:
+        raise ConfigError(f"model.trunk timm:{name}: {error}") from None
+    if pretrained not in ("none", "default"):
+        _load_local(model, pretrained, f"timm:{name}")
+    return _Endpoint(model, 0)
+
+
+def _python(target: str, pretrained: str) -> nn.Module:
+    source, _, attribute = target.rpartition(":")
+    try:
+        if source.endswith(".py"):
+            path = Path(source)
+            if not path.is_file():
+                path = Path(__file__).resolve().parents[2] / source  # the checkout's examples
+            spec = importlib.util.spec_from_file_location(path.stem, path)
+            module = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(module)
+        else:
+            module = importlib.import_module(source)
+        factory = getattr(module, attribute)
+    except (ImportError, AttributeError, FileNotFoundError, ValueError) as error:
+        raise ConfigError(f"model.trunk python:{target}: cannot load the factory ({error}); "
+                          "expected python:<module or file.py>:<callable>") from None
+    trunk = factory(pretrained)
+    if not isinstance(trunk, nn.Module):
+        raise ConfigError(f"model.trunk python:{target} returned {type(trunk).__name__}, "
+                          "expected an nn.Module")
+    return trunk
+
+
+def build_trunk(spec: str, pretrained: str, endpoint: str, output_stride: int,
+                normalization: str, mean_bgr) -> nn.Module:
+    """A non-DeepLab trunk from its recipe name (see the module docstring), with frozen
+    BatchNorm, behind the input normalisation it expects."""
+    kind, _, name = spec.partition(":")
+    if kind == "torchvision":
+        trunk = _torchvision(name, pretrained, endpoint, output_stride)
+    elif kind == "timm":
+        trunk = _timm(name, pretrained, endpoint, output_stride)
+    elif kind == "python":
+        trunk = _python(name, pretrained)
+    else:
+        raise ConfigError(f"model.trunk: expected deeplabv2_resnet101, torchvision:<name>, "
+                          f"timm:<name> or python:<module>:<callable>, got {spec!r}")
+    kind_normalization = "imagenet" if normalization == "auto" else normalization
+    return nn.Sequential(InputNormalization(kind_normalization, mean_bgr),
+                         freeze_batch_norm(trunk))

@@ -130,6 +130,12 @@ def _check_split(report: CheckReport, key: str, list_value: str, config: Config,
             summary.pixels += histogram
             summary.images += histogram > 0
             summary.unseen_images += int(histogram[unseen].sum() > 0)
+    if key != "train" and not max_images:  # an unseen class absent from the test images
+        for class_id in unseen:                # has no IoU, and U-mIoU changes meaning
+            if summary.checked and not summary.pixels[class_id]:
+                report.problems.append(
+                    f"{key} ({list_path}): unseen class {report.split.class_names[class_id]!r} "
+                    "has no pixel in these images: its IoU is undefined")
     expected = EXPECTED_IMAGES.get(report.name, {}).get(key)
     if expected and not max_images and summary.listed != expected:
         report.notes.append(f"{key}: {summary.listed} ids listed in {list_path}; the official "
@@ -154,8 +160,11 @@ def check_dataset(config: Config, max_images: int = 0, workers: int = 4) -> Chec
     for folder in (root / data.image_dir, root / data.label_dir):
         if not folder.is_dir():
             report.problems.append(f"folder not found: {folder}")
-    for key, list_value in (("train", data.train_list), ("val", data.val_list)):
-        _check_split(report, key, list_value, config, root, source, max_images, workers)
+    lists = (("train", data.train_list), ("val", data.val_list),
+             ("validation", data.validation_list))
+    for key, list_value in lists:
+        if list_value:
+            _check_split(report, key, list_value, config, root, source, max_images, workers)
     return report
 
 
@@ -169,7 +178,8 @@ def format_check_report(report: CheckReport) -> str:
         lines += _histogram_lines(report)
     lines += [f"note: {note}" for note in report.notes]
     if report.problems:
-        lines.append(f"{len(report.problems)} problems:")
+        count = len(report.problems)
+        lines.append(f"{count} problem{'s' if count != 1 else ''}:")
         lines += [f"  {problem}" for problem in report.problems]
     else:
         lines.append("no problems found")

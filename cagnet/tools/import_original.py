@@ -227,7 +227,8 @@ def import_checkpoint(original_path: str | Path, out_path: str | Path, config) -
     original, iteration = load_original(original_path)
     benchmark = build_benchmark(config)
     split = benchmark.split
-    model = build_cagnet(config.model, benchmark.class_embeddings, split.num_seen)
+    model = build_cagnet(config.model, benchmark.class_embeddings, split.num_seen,
+                         config.data.mean_bgr, load_pretrained=False)
     reference = model.state_dict()
     conversion = convert_original(original, reference, len(config.model.generator_hidden))
     errors = check_embedding_tables(conversion.tables, reference["class_embeddings"],

@@ -106,6 +106,25 @@ def spnet(pipeline: ComparePipeline, entries: dict, split: ClassSplit) -> None:
     entries["spnet_c"]["run"] = str(calibrated_dir)
 
 
+def supervised(pipeline: ComparePipeline, entries: dict, split: ClassSplit) -> None:
+    """The reference row: CaGNet step 1 with every class seen (the same trunk and recipe), to
+    show whether the segmentation itself is healthy before zero-shot is judged."""
+    split_file = pipeline.work / "supervised_split.yaml"
+    if not split_file.is_file() or pipeline.fresh:
+        write_split_file(ClassSplit(split.class_names, split.seen_ids + split.unseen_ids, ()),
+                         split_file, "cagnet compare: every class seen (the supervised "
+                         "reference row)")
+    config = pipeline.config("supervised", "baseline.method=cagnet", f"data.split={split_file}")
+    run_dir = pipeline.work / "supervised"
+    outcome = pipeline.stage("supervised", run_dir, config, {"split": split_file},
+                             lambda: _trained(train(config, run_dir, overwrite=True,
+                                                    show_progress=pipeline.show_progress)))
+    entries["supervised"] = entry(
+        outcome, f"Supervised reference: CaGNet step 1 ({config.train.iterations} iterations) "
+        "with every class seen, labels of all classes; its seen / unseen means are over the "
+        "zero-shot split's seen / unseen classes")
+
+
 def _zs3net_description(config: Config, start: str) -> str:
     zs3net = config.baseline.zs3net
     generated = zs3net.generated_pixels_per_class or "as many as the average seen class"

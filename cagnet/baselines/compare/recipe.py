@@ -7,6 +7,7 @@ A compare recipe is a small YAML file (not a `Config`):
     shapes_benchmark: true          # generate / reuse <output-dir>/shapes and its pretraining
     benchmark_seed: 0               #   (as `cagnet demo` does) and fill in the data paths
     calibration_values: "0:1:0.05"  # the T grid of SPNet-c (start:stop:step or a list)
+    supervised: false               # add the reference: step 1 with every class seen
     overrides: []                   # --set values for every stage
     stages:                         # per stage: a list of overrides, or
       spnet: [train.iterations=600] #   {recipe: other.yaml, overrides: [...]} to replace the base
@@ -37,9 +38,10 @@ STAGES: dict[str, tuple[str, str]] = {
     "cagnet_st_finetune": ("finetune", "CaGNet + ST: mixed finetune on pseudo-labels"),
     "zs3net_st_step1": ("step1", "ZS3Net + ST: step 1 on pseudo-labels, from ZS3Net"),
     "zs3net_st": ("finetune", "ZS3Net + ST: GMMN + classifier on the new features"),
+    "supervised": ("step1", "the reference: CaGNet step 1 with every class seen"),
 }
 TOP_LEVEL_KEYS = ("step1", "finetune", "shapes_benchmark", "benchmark_seed",
-                  "calibration_values", "overrides", "stages")
+                  "calibration_values", "supervised", "overrides", "stages")
 
 
 @dataclass
@@ -58,6 +60,7 @@ class CompareRecipe:
     calibration_values: str
     overrides: list[str]
     stages: dict[str, StageRecipe]
+    supervised: bool = False
 
 
 def _string_list(value: Any, where: str) -> list[str]:
@@ -124,5 +127,9 @@ def read_compare_recipe(path: str | Path) -> CompareRecipe:
                           f"integer, got {shapes!r} and {seed!r}")
     if not isinstance(values, str):
         values = ",".join(str(value) for value in values) if isinstance(values, list) else ""
+    supervised = content.get("supervised", False)
+    if not isinstance(supervised, bool):
+        raise ConfigError(f"{path}: supervised must be true/false, got {supervised!r}")
     return CompareRecipe(path, shapes, seed, values,
-                         _string_list(content.get("overrides"), f"{path}: overrides"), stages)
+                         _string_list(content.get("overrides"), f"{path}: overrides"), stages,
+                         supervised)

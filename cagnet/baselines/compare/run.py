@@ -16,6 +16,12 @@ from cagnet.datasets.build import build_split, resolve_path
 from cagnet.datasets.splits import ClassSplit
 from cagnet.engine.protocol import describe_protocol
 from cagnet.errors import ConfigError
+from cagnet.metrics import harmonic_mean
+
+
+def _nanmean(values: list) -> float:
+    finite = [value for value in values if value is not None and value == value]
+    return sum(finite) / len(finite) if finite else float("nan")
 
 
 def run_compare(recipe_path: str | Path, output_dir: str | Path, overrides: Sequence[str] = (),
@@ -38,8 +44,19 @@ def run_compare(recipe_path: str | Path, output_dir: str | Path, overrides: Sequ
     methods.zs3net(pipeline, entries, step1)
     methods.cagnet_self_training(pipeline, entries)
     methods.zs3net_self_training(pipeline, entries)
-    for entry in entries.values():
-        entry["scores"]["class_iou"] = dict(zip(split.model_class_names, entry.pop("iou", [])))
+    if pipeline.recipe.supervised:
+        methods.supervised(pipeline, entries, split)
+    for method, entry in entries.items():
+        names = split.class_names
+        order = [names[i] for i in split.model_ids] if method != "supervised" else \
+            [names[i] for i in split.seen_ids + split.unseen_ids]
+        entry["scores"]["class_iou"] = dict(zip(order, entry.pop("iou", [])))
+    if "supervised" in entries:  # its means over the zero-shot split's seen / unseen classes
+        scores, iou = entries["supervised"]["scores"], entries["supervised"]["scores"]["class_iou"]
+        seen = [iou[names[i]] for i in split.seen_ids]
+        unseen = [iou[names[i]] for i in split.unseen_ids]
+        scores["miou_seen"], scores["miou_unseen"] = _nanmean(seen), _nanmean(unseen)
+        scores["hiou"] = harmonic_mean(scores["miou_seen"], scores["miou_unseen"])
     _write(pipeline, entries, step1_config, split, (time.perf_counter() - started) / 60)
     return entries
 
