@@ -1,6 +1,7 @@
 """`cagnet predict` end to end on a tiny trained checkpoint (files, sizes, palette values,
-unreadable inputs, a real photo), the banded upsampling, the evaluation pictures a training run
-writes, and the custom-dataset recipe."""
+unreadable inputs, --pattern, --batch-size, --min-confidence, a real photo), `cagnet eval`'s
+two protocols, TTA and threshold, the evaluation pictures a training run writes, and the
+custom-dataset recipe."""
 
 from __future__ import annotations
 
@@ -10,14 +11,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-import torch
-import torch.nn.functional as F
 from PIL import Image
 
 from cagnet.cli import main
 from cagnet.config import load_config
 from cagnet.engine.trainer import train
-from cagnet.inference.predict import output_names, upsampled_argmax
+from cagnet.inference.predict import output_names
 
 from conftest import REPOSITORY, SHARED_DATA, tiny_config_overrides, write_tiny_voc
 
@@ -36,10 +35,11 @@ def tiny_run(tmp_path_factory) -> tuple[Path, Path]:
     return base, checkpoint
 
 
-def _labels(path: Path) -> np.ndarray:
+def _labels(path: Path, colours: list | None = None) -> np.ndarray:
     with Image.open(path) as image:
-        assert image.mode == "P"
-        assert image.getpalette()[3:6] == [128, 0, 0]  # class 0 = VOC colour 1
+        assert image.mode == "P" and image.getpalette()[:3] == [0, 0, 0]  # 0 = no class
+        if colours is not None:  # value k + 1 = class k, drawn in its predictions.json colour
+            assert image.getpalette()[3:3 + 3 * len(colours)] == sum(colours, [])
         return np.array(image)
 
 
@@ -63,7 +63,8 @@ def test_predict_folder_sizes_palette_and_skipped_files(tiny_run, tmp_path: Path
     assert num_classes == 4 and summary["classes"][3]["tag"] == "unseen"
     for name, (height, width) in sizes.items():
         stem = output_names([inputs / n for n in sizes])[list(sizes).index(name)]
-        labels = _labels(out / f"{stem}_labels.png")
+        labels = _labels(out / f"{stem}_labels.png",
+                         [entry["colour_rgb"] for entry in summary["classes"]])
         assert labels.shape == (height, width)
         assert labels.min() >= 1 and labels.max() <= num_classes
         assert cv2.imread(str(out / f"{stem}_overlay.png")).shape == (height, width, 3)
@@ -98,13 +99,92 @@ def test_predict_on_a_real_photo(tiny_run, tmp_path: Path):
     assert labels.shape == (height, width) and 1 <= labels.min() and labels.max() <= 4
 
 
-def test_banded_upsampling_matches_interpolate():
-    logits = torch.randn(5, 7, 9)
-    for size in ((61, 45), (13, 100), (7, 9), (3, 4)):
-        direct = F.interpolate(logits[None], size=size, mode="bilinear",
-                               align_corners=False)[0].argmax(0)
-        banded = upsampled_argmax(logits, size, budget=5 * size[1] * 4)  # 4 rows per band
-        assert torch.equal(direct, banded)
+def test_a_folder_of_unreadable_images_fails_and_writes_nothing(tiny_run, tmp_path: Path,
+                                                              capsys):
+    _, checkpoint = tiny_run
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    for name in ("a.jpg", "b.png"):
+        (inputs / name).write_bytes(b"not an image")
+    out = tmp_path / "out"
+    assert main(["predict", "--checkpoint", str(checkpoint), "--input", str(inputs),
+                 "--out", str(out), "--device", "cpu"]) == 2
+    assert "none of the 2 images" in capsys.readouterr().err
+    assert not out.exists()
+    assert main(["predict", "--checkpoint", str(checkpoint), "--input", str(inputs),
+                 "--out", str(out), "--pattern", "*.tif"]) == 2
+    assert "--pattern '*.tif'" in capsys.readouterr().err and not out.exists()
+
+
+def test_batched_prediction_equals_one_image_at_a_time(tiny_run, tmp_path: Path):
+    _, checkpoint = tiny_run
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    rng = np.random.default_rng(1)
+    for index, (height, width) in enumerate(((23, 70), (90, 31), (40, 48), (41, 41))):
+        cv2.imwrite(str(inputs / f"{index}.png"), rng.integers(0, 255, (height, width, 3),
+                                                              np.uint8))
+    for batch in ("1", "3"):
+        assert main(["predict", "--checkpoint", str(checkpoint), "--input", str(inputs),
+                     "--out", str(tmp_path / batch), "--batch-size", batch, "--save-logits"]) == 0
+    for index in range(4):
+        np.testing.assert_allclose(np.load(tmp_path / "3" / f"{index}_logits.npy"),
+                                   np.load(tmp_path / "1" / f"{index}_logits.npy"), atol=1e-4)
+        single, batched = (_labels(tmp_path / b / f"{index}_labels.png") for b in ("1", "3"))
+        assert (single == batched).mean() > 0.99
+
+
+def test_min_confidence_leaves_unsure_pixels_without_a_class(tiny_run, tmp_path: Path):
+    _, checkpoint = tiny_run
+    image = tmp_path / "image.png"
+    cv2.imwrite(str(image), np.random.default_rng(2).integers(0, 255, (30, 40, 3), np.uint8))
+    out = tmp_path / "out"
+    assert main(["predict", "--checkpoint", str(checkpoint), "--input", str(image),
+                 "--out", str(out), "--min-confidence", "0.99"]) == 0
+    labels = _labels(out / "image_labels.png")
+    summary = json.loads((out / "predictions.json").read_text())
+    assert summary["min_confidence"] == 0.99 and (labels == 0).mean() > 0.5
+    classes = summary["images"][str(image)]["classes"]
+    none = [c for c in classes if c["name"] == "none"]
+    assert none and none[0]["share"] == pytest.approx((labels == 0).mean(), abs=1e-6)
+    assert main(["predict", "--checkpoint", str(checkpoint), "--input", str(image),
+                 "--out", str(out), "--min-confidence", "1.5"]) == 2
+
+
+def test_eval_reports_both_protocols_tta_and_the_threshold_apart(tiny_run, tmp_path: Path,
+                                                                capsys):
+    base, checkpoint = tiny_run
+    metrics = json.loads((base / "run" / "metrics.json").read_text())
+    assert set(metrics["protocols"]) == {"full", "original"}
+    assert metrics["hiou"] == metrics["protocols"]["full"]["hiou"]
+    report = (base / "run" / "report.md").read_text()
+    assert "| full (primary) |" in report and "| original |" in report
+    out = tmp_path / "eval"
+    assert main(["eval", "--checkpoint", str(checkpoint), "--output-dir", str(out),
+                 "--min-confidence", "0.9", "--set", "eval.protocol=original"]) == 0
+    assert "protocol original" in capsys.readouterr().out
+    scored = json.loads((out / "metrics.json").read_text())
+    assert scored["hiou"] == scored["protocols"]["original"]["hiou"]
+    open_world = json.loads((out / "min_confidence.json").read_text())
+    assert open_world["protocol"] == "original" and 0 <= open_world["coverage"] < 1
+    assert "min_confidence" not in scored and "## Open-world threshold" in \
+        (out / "report.md").read_text()
+    assert main(["eval", "--checkpoint", str(checkpoint), "--output-dir", str(out),
+                 "--set", "eval.tta=true", "--set", "eval.tta_scales=[0.5,1.0]"]) == 0
+    assert "test_time_augmentation: logits averaged over scales [0.5, 1.0] and their " \
+        "horizontal flips" in (out / "report.md").read_text()
+
+
+def test_pattern_selects_the_photos_of_a_folder_with_label_maps(tiny_run, tmp_path: Path):
+    folder = SHARED_DATA / "voc-samples"
+    if not folder.is_dir():
+        pytest.skip(f"{folder} not available")
+    _, checkpoint = tiny_run
+    out = tmp_path / "out"
+    assert main(["predict", "--checkpoint", str(checkpoint), "--input", str(folder),
+                 "--out", str(out), "--pattern", "*_image.png", "--batch-size", "4"]) == 0
+    images = json.loads((out / "predictions.json").read_text())["images"]
+    assert len(images) == 14 and all(name.endswith("_image.png") for name in images)
 
 
 def test_training_run_writes_evaluation_pictures_and_a_tensorboard_panel(tiny_run):

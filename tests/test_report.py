@@ -73,3 +73,21 @@ def test_format_scores_line(scores: dict) -> None:
     assert format_scores_line({"hiou": math.nan, "miou": 0.5, "miou_seen": 0.5,
                                "miou_unseen": math.nan}) == \
         "hIoU — | mIoU 0.5000 | seen 0.5000 | unseen —"
+
+
+def test_report_names_both_protocols_and_keeps_the_threshold_apart(tmp_path, scores: dict):
+    other = zero_shot_scores(np.array([[3, 0, 0, 0], [0, 1, 0, 0], [0, 0, 4, 0], [0, 0, 0, 0]]),
+                             seen=[0, 1], unseen=[2, 3])
+    both = {**scores, "protocols": {"full": scores, "original": other}}
+    open_world = {**scores, "min_confidence": 0.5, "protocol": "full", "coverage": 0.75}
+    write_report(tmp_path, both, CLASS_NAMES, 2, {"protocol": "full"}, "VOC", open_world)
+    text = (tmp_path / "report.md").read_text()
+    assert "| protocol | hIoU | mIoU | S-mIoU | U-mIoU | pixel acc | mean acc |" in text
+    assert "| full (primary) | 0.4286 | 0.4222 |" in text
+    assert "| original | 1.0000 | 1.0000 |" in text
+    block = text.split("## Open-world threshold (not a benchmark score)")[1]
+    assert "below 0.5" in block and "0.7500 of the pixels" in block
+    assert "| min confidence 0.5 | 0.4286 |" in block
+    document = json.loads((tmp_path / "metrics.json").read_text())
+    assert document["hiou"] == pytest.approx(3 / 7) and "coverage" not in document
+    assert document["protocols"]["original"]["hiou"] == 1.0

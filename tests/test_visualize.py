@@ -27,14 +27,27 @@ def test_class_colours_are_the_voc_map_shifted_by_one():
         class_colours(255)
 
 
-def test_label_png_holds_class_plus_one_with_the_voc_palette():
-    prediction = np.array([[0, 1], [2, 2]])
-    with Image.open(io.BytesIO(label_png_bytes(prediction, 3))) as image:
+def test_colour_words_in_class_names_choose_the_colour():
+    names = ["background", "plain red", "striped red", "plain yellow", "dotted_green", "sofa"]
+    colours = class_colours(len(names), names)
+    assert colours[0].tolist() == [128, 0, 0] and colours[5].tolist() == [0, 128, 128]  # VOC
+    for index in (1, 2):  # red dominates, and the two reds are different shades
+        assert colours[index][0] > 2 * max(colours[index][1:])
+    assert colours[1].tolist() != colours[2].tolist()
+    red, green, blue = colours[3].astype(int)
+    assert min(red, green) > 2 * blue  # yellow
+    assert colours[4][1] > 2 * max(colours[4][0], colours[4][2])  # green
+
+
+def test_label_png_holds_class_plus_one_with_the_class_colours():
+    prediction = np.array([[0, 1], [2, 255]])
+    png = label_png_bytes(prediction, class_colours(3), no_class=255)
+    with Image.open(io.BytesIO(png)) as image:
         assert image.mode == "P"
-        assert np.array(image).tolist() == [[1, 2], [3, 3]]
+        assert np.array(image).tolist() == [[1, 2], [3, 0]]
         assert image.getpalette()[:9] == [0, 0, 0, 128, 0, 0, 0, 128, 0]
     with pytest.raises(ValueError):
-        label_png_bytes(np.array([[3]]), 3)
+        label_png_bytes(np.array([[3]]), class_colours(3))
 
 
 def test_overlay_blends_half_and_outlines_regions():
@@ -62,7 +75,7 @@ def test_tensorboard_panel_is_rgb_chw_with_class_colours():
     image = np.zeros((6, 5, 3), dtype=np.uint8)
     label = np.full((6, 5), 255)
     label[0, 0] = 1
-    panel = segmentation_panel(image, label, np.zeros((6, 5), dtype=np.int64), 2)
+    panel = segmentation_panel(image, label, np.zeros((6, 5), dtype=np.int64), class_colours(2))
     assert panel.shape == (3, 6, 3 * 5 + 8) and panel.dtype == np.uint8
     assert panel[:, 0, 5 + 4].tolist() == [0, 128, 0]  # ground truth class 1, RGB
     assert panel[:, 1, 5 + 4].tolist() == [0, 0, 0]  # void
@@ -115,7 +128,7 @@ def test_evaluation_panel_runs_the_model_on_the_first_test_images(tiny_voc):
     model.train()
     loader = build_eval_loader(config, benchmark.split)
     panel = evaluation_panel(model, loader, config.data.mean_bgr, torch.device("cpu"),
-                             max_images=2)
+                             benchmark.split.model_class_names, max_images=2)
     warp = config.eval.warp_size
     assert panel.shape == (3, 2 * warp, 3 * warp + 8) and panel.dtype == np.uint8
     assert model.training  # mode restored

@@ -3,8 +3,10 @@ input / ground truth / prediction panel that TensorBoard shows at each evaluatio
 
 Colours are deterministic: model class k (seen classes first, then unseen, then classes added
 by `cagnet extend`) is drawn with entry k + 1 of the Pascal VOC colour map; entry 0 (black) is
-never a class. A label PNG written here is a palette PNG whose pixel value is k + 1, so any
-image viewer shows the same colours as the overlays, and `value - 1` gives the model class.
+never a class. A class whose name holds a colour word ("striped red") is drawn in a shade of
+that colour instead, one shade per class of that colour. A label PNG written here is a palette
+PNG whose pixel value is k + 1 and whose palette holds the same colours as the overlays, so
+`value - 1` gives the model class.
 
 Everything is drawn with OpenCV (no plotting library). Images are BGR uint8 (H, W, 3) inside
 this module; only `segmentation_panel` returns RGB (3, H, W) for TensorBoard. Text is drawn
@@ -15,6 +17,7 @@ The evaluation charts (confusion matrix, per-class IoU) live in `cagnet.report.c
 from __future__ import annotations
 
 import io
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -34,13 +37,42 @@ TEXT_COLOUR = (30, 30, 30)
 BACKGROUND = (255, 255, 255)
 
 
-def class_colours(num_classes: int) -> np.ndarray:
-    """(K, 3) uint8 RGB: class k gets VOC colour-map entry k + 1."""
+# RGB of the colour words a class name may hold; classes sharing one get distinct shades.
+NAMED_COLOURS = {"red": (215, 40, 40), "green": (40, 165, 60), "blue": (40, 90, 225),
+                 "yellow": (240, 210, 30), "orange": (245, 140, 20), "purple": (135, 60, 180),
+                 "pink": (240, 130, 185), "brown": (135, 85, 40), "grey": (128, 128, 128),
+                 "gray": (128, 128, 128), "black": (25, 25, 25), "white": (240, 240, 240),
+                 "cyan": (30, 200, 210), "magenta": (210, 40, 190)}
+
+
+def colour_word(name: str) -> str | None:
+    """The first colour word of a class name ("striped red" -> "red"), or None."""
+    return next((word for word in re.split(r"[\s_\-]+", name.lower())
+                 if word in NAMED_COLOURS), None)
+
+
+def shades(rgb: Sequence[int], count: int) -> np.ndarray:
+    """(count, 3) uint8: from darker (mixed with black) to lighter (mixed with white)."""
+    base = np.asarray(rgb, dtype=np.float64)
+    rows = []
+    for amount in np.linspace(-0.45, 0.45, count) if count > 1 else [0.0]:
+        rows.append(base * (1 + amount) if amount < 0 else base + (255 - base) * amount)
+    return np.asarray(rows).round().astype(np.uint8)
+
+
+def class_colours(num_classes: int, class_names: Sequence[str] | None = None) -> np.ndarray:
+    """(K, 3) uint8 RGB: class k gets VOC colour-map entry k + 1, or, when its name in
+    `class_names` holds a colour word, a shade of that colour (in class order)."""
     if not 0 < num_classes <= MAX_CLASSES:
         raise CagnetError(f"cannot colour {num_classes} classes: expected 1..{MAX_CLASSES} "
                           "(label PNG values are class index + 1, below 255)")
     palette = np.asarray(voc_palette(), dtype=np.uint8).reshape(256, 3)
-    return palette[1:num_classes + 1].copy()
+    colours = palette[1:num_classes + 1].copy()
+    words = [colour_word(name) for name in (class_names or [])[:num_classes]]
+    for word in set(words) - {None}:
+        members = [index for index, other in enumerate(words) if other == word]
+        colours[members] = shades(NAMED_COLOURS[word], len(members))
+    return colours
 
 
 def colourise(labels: np.ndarray, colours: np.ndarray, ignore_colour=(0, 0, 0)) -> np.ndarray:
@@ -51,15 +83,20 @@ def colourise(labels: np.ndarray, colours: np.ndarray, ignore_colour=(0, 0, 0)) 
     return table[np.asarray(labels).clip(0, 255).astype(np.uint8)]
 
 
-def label_png_bytes(prediction: np.ndarray, num_classes: int) -> bytes:
-    """A palette PNG of prediction (H, W) class indices 0..K-1: pixel value = class + 1,
-    palette = the VOC colour map (value 0, black, is never used)."""
+def label_png_bytes(prediction: np.ndarray, colours: np.ndarray, no_class: int | None = None
+                    ) -> bytes:
+    """A palette PNG of prediction (H, W) class indices 0..K-1 (K = len(colours)): pixel
+    value = class + 1, palette entry k + 1 = colours[k]; value 0 (black) = `no_class`."""
     prediction = np.asarray(prediction)
-    if prediction.size and (prediction.min() < 0 or prediction.max() >= num_classes):
-        raise ValueError(f"prediction holds values outside 0..{num_classes - 1}")
-    class_colours(num_classes)  # checks the class count
-    image = Image.fromarray((prediction + 1).astype(np.uint8), mode="P")
-    image.putpalette(voc_palette())
+    valid = prediction if no_class is None else prediction[prediction != no_class]
+    if valid.size and (valid.min() < 0 or valid.max() >= len(colours)):
+        raise ValueError(f"prediction holds values outside 0..{len(colours) - 1}")
+    values = np.where(prediction == no_class, 0, prediction + 1) if no_class is not None \
+        else prediction + 1
+    palette = np.zeros((256, 3), dtype=np.uint8)
+    palette[1:len(colours) + 1] = colours
+    image = Image.fromarray(values.astype(np.uint8), mode="P")
+    image.putpalette(palette.reshape(-1).tolist())
     buffer = io.BytesIO()
     image.save(buffer, format="PNG", optimize=True)
     return buffer.getvalue()
@@ -188,18 +225,17 @@ def side_by_side(images: Sequence[np.ndarray], gap: int = 8) -> np.ndarray:
 
 
 def segmentation_panel(image_bgr: np.ndarray, label: np.ndarray, prediction: np.ndarray,
-                       num_classes: int) -> np.ndarray:
+                       colours: np.ndarray) -> np.ndarray:
     """Input | ground truth | prediction, for TensorBoard.
 
     Args:
         image_bgr: (H, W, 3) uint8 input image.
         label: (H, W) ground-truth class indices (255 = background / void, drawn black).
         prediction: (H, W) predicted class indices.
-        num_classes: K, the number of model classes.
+        colours: (K, 3) uint8 RGB class colours (`class_colours`).
     Returns:
         (3, H, 3 W + 8) uint8 RGB (CHW, as `SummaryWriter.add_image` expects).
     """
-    colours = class_colours(num_classes)
     truth = colourise(label, colours)[..., ::-1]
     predicted = colourise(prediction, colours)[..., ::-1]
     panel = side_by_side([image_bgr, truth, predicted], gap=4)

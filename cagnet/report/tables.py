@@ -75,8 +75,11 @@ def class_rows(scores: Mapping[str, Any], class_names: Sequence[str],
 
 
 def markdown_report(scores: Mapping[str, Any], class_names: Sequence[str], num_seen: int,
-                    protocol: Mapping[str, Any], title: str) -> str:
-    """A Markdown report: summary table, evaluation protocol, per-class table.
+                    protocol: Mapping[str, Any], title: str,
+                    open_world: Mapping[str, Any] | None = None) -> str:
+    """A Markdown report: summary table (one row per protocol of `scores["protocols"]` when
+    present, the primary one marked), evaluation protocol, per-class table, and the
+    `open_world` scores of `--min-confidence` in a block of their own.
 
     Args:
         scores: Output of `zero_shot_scores`.
@@ -90,11 +93,10 @@ def markdown_report(scores: Mapping[str, Any], class_names: Sequence[str], num_s
         The report text, ending with a newline.
     """
     rows = class_rows(scores, class_names, num_seen)
-    lines = [f"# {title}", "", "## Summary", ""]
-    lines.append("| " + " | ".join(header for _, header in SUMMARY_COLUMNS) + " |")
-    lines.append("|" + "---|" * len(SUMMARY_COLUMNS))
-    lines.append("| " + " | ".join(_format_number(scores.get(key)) for key, _ in SUMMARY_COLUMNS)
-                 + " |")
+    primary = protocol.get("protocol", "") if protocol else ""
+    named = {f"{name}{' (primary)' if name == primary else ''}": values
+             for name, values in (scores.get("protocols") or {}).items()}
+    lines = [f"# {title}", "", "## Summary", "", *_summary_table(named or {"": scores})]
     lines += ["", f"Pixels evaluated: {int(scores.get('num_pixels', 0))}", "", "## Protocol", ""]
     if protocol:
         lines += [f"- {key}: {value}" for key, value in protocol.items()]
@@ -106,7 +108,24 @@ def markdown_report(scores: Mapping[str, Any], class_names: Sequence[str], num_s
         name = row["name"].replace("|", "\\|")
         lines.append(f"| {row['index']} | {name} | {row['split']} | "
                      f"{_format_number(row['iou'])} | {_format_number(row['accuracy'])} |")
+    if open_world:
+        lines += ["", "## Open-world threshold (not a benchmark score)", "",
+                  f"Pixels whose max softmax probability is below {open_world['min_confidence']}"
+                  f" get no class and count as misses (protocol {open_world['protocol']}); "
+                  f"{_format_number(open_world['coverage'])} of the pixels keep a class.", "",
+                  *_summary_table({f"min confidence {open_world['min_confidence']}": open_world})]
     return "\n".join(lines) + "\n"
+
+
+def _summary_table(rows: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """The summary columns, one row per named scores dict (no name column for one unnamed)."""
+    named = list(rows) != [""]
+    header = (["protocol"] if named else []) + [title for _, title in SUMMARY_COLUMNS]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for name, values in rows.items():
+        cells = [_format_number(values.get(key)) for key, _ in SUMMARY_COLUMNS]
+        lines.append("| " + " | ".join(([name] if named else []) + cells) + " |")
+    return lines
 
 
 def metrics_document(scores: Mapping[str, Any], class_names: Sequence[str], num_seen: int,
@@ -130,15 +149,16 @@ def metrics_document(scores: Mapping[str, Any], class_names: Sequence[str], num_
 
 def write_report(out_dir: str | os.PathLike, scores: Mapping[str, Any],
                  class_names: Sequence[str], num_seen: int, protocol: Mapping[str, Any],
-                 title: str) -> tuple[Path, Path]:
-    """Write `metrics.json` and `report.md` into `out_dir` (created if needed), atomically.
+                 title: str, open_world: Mapping[str, Any] | None = None) -> tuple[Path, Path]:
+    """Write `metrics.json` and `report.md` into `out_dir` (created if needed), atomically;
+    `open_world` only goes into the report (see `markdown_report`).
 
     Returns:
         `(metrics_path, report_path)`.
     """
     out_dir = Path(out_dir)
     document = metrics_document(scores, class_names, num_seen, protocol)
-    report = markdown_report(scores, class_names, num_seen, protocol, title)
+    report = markdown_report(scores, class_names, num_seen, protocol, title, open_world)
     metrics_path = atomic_write_json(out_dir / "metrics.json", document)
     report_path = atomic_write_text(out_dir / "report.md", report)
     return metrics_path, report_path
