@@ -12,10 +12,15 @@ import pytest
 import torch
 
 from cagnet.cli import main
+from cagnet.config import LossConfig
+from cagnet.engine.optim import Optimizers
+from cagnet.engine.schedules import iteration_seed
+from cagnet.engine.steps import LabelDraw, StepContext, classifier_step
 from cagnet.errors import CagnetError, EmbeddingError
 from cagnet.engine.checkpoint import load_model
-from cagnet.inference.extend import (ExtensionSettings, add_unseen_classes, finetune_classifier,
-                                     new_class_embeddings, parse_class_list)
+from cagnet.baselines.shots import add_unseen_classes, finetune_classifier
+from cagnet.inference.extend import (ExtensionSettings, extend_loaded_model, new_class_embeddings,
+                                     parse_class_list)
 
 from conftest import write_tiny_voc
 from test_predict import train_tiny_checkpoint
@@ -79,8 +84,9 @@ def test_growth_keeps_old_rows_and_finetuning_changes_only_the_classifier(extens
 
     before = {name: p.detach().clone() for name, p in model.named_parameters()}
     flags = {name: p.requires_grad for name, p in model.named_parameters()}
-    losses = finetune_classifier(model, (5, 5), 2, 3.0, ExtensionSettings(iterations=5),
-                                 torch.device("cpu"))
+    draw = LabelDraw(2, (5, 5), 3.0, torch.Generator())
+    losses = finetune_classifier(model, model.discriminator.classifier,
+                                 ExtensionSettings(iterations=5), torch.device("cpu"), draw)
     changed = {name for name, p in model.named_parameters() if not torch.equal(p, before[name])}
     assert changed == {"discriminator.classifier.weight", "discriminator.classifier.bias"}
     assert flags == {name: p.requires_grad for name, p in model.named_parameters()}
@@ -152,3 +158,33 @@ def test_class_order_permutes_classes_without_changing_predictions(extension_run
         assert torch.allclose(ordered.model.segment(images), expected, atol=1e-5)
     order.write_text("seen: [red circle]\nunseen: [blue circle, blue square, red square]\n")
     assert main(common + ["--out", str(tmp_path / "bad.pt"), "--class-order", str(order)]) == 2
+
+
+def test_without_shots_extension_is_the_step2_finetune_it_always_was(extension_run):
+    """No --shots: the same weights, bit for bit, as the original algorithm (grow the head,
+    then Adam on the head alone over step-2 iterations seeded per iteration)."""
+    _, _, checkpoint, words = extension_run
+    settings = ExtensionSettings(iterations=6, seed=3)
+    extended = load_model(checkpoint)
+    extend_loaded_model(extended, ["blue square"], [("word2vec", str(words))], None, settings)
+
+    reference = load_model(checkpoint)
+    model = reference.model
+    rows, _ = new_class_embeddings(["blue square"], 4, [("word2vec", str(words))])
+    grid = model.feature_size(reference.config.data.crop_size, reference.config.data.crop_size)
+    add_unseen_classes(model, rows)
+    model.requires_grad_(False)
+    head = model.discriminator.classifier.requires_grad_(True)
+    adam = torch.optim.Adam(head.parameters(), lr=settings.lr)
+    draw = LabelDraw(reference.config.train.batch_size, tuple(grid),
+                     reference.config.train.gen_unseen_rate, torch.Generator())
+    loss = LossConfig(step2_discriminator_cls_fake=1.0, step2_generator_cls_fake=0.0)
+    for iteration in range(settings.iterations):
+        torch.manual_seed(iteration_seed(settings.seed, iteration))
+        model.train()
+        draw.generator.manual_seed(iteration_seed(settings.seed, iteration))
+        classifier_step(model, Optimizers(None, adam, None), loss, draw,
+                        StepContext(torch.device("cpu")))
+    for (name, value), expected in zip(extended.model.state_dict().items(),
+                                       model.state_dict().values()):
+        assert torch.equal(value, expected), name

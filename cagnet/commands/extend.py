@@ -1,16 +1,25 @@
-"""`cagnet extend`: add classes to a trained model from their names alone (no image)."""
+"""`cagnet extend`: add classes to a trained model from their names (and a few labelled
+images of them, `--shots`)."""
 
 from __future__ import annotations
 
 import argparse
 
-from cagnet.commands.common import (add_device_arguments, add_extension_arguments,
+from cagnet.commands.common import (add_command, add_device_arguments, add_extension_arguments,
                                     extension_inputs, resolve_runtime)
+
+EXAMPLES = """
+cagnet extend --checkpoint runs/no_py/finetune/checkpoints/last.pt --add-classes "plain yellow" \\
+    --word-vectors runs/demo/shapes/word_vectors.txt --out runs/no_py/extended.pt
+# the same, also learning from 5 labelled images (SHOTS/images/<id>.jpg, SHOTS/masks/<id>.png
+# index PNGs, SHOTS/class_names.txt naming their values):
+cagnet extend ... --shots SHOTS --out runs/no_py/extended_5shot.pt
+"""
 
 
 def add_parser(commands) -> None:
-    parser = commands.add_parser("extend", help="add classes to a trained model from their "
-                                 "names (word vectors), without any image of them")
+    parser = add_command(commands, "extend", "add classes to a trained model from their names "
+                         "(word vectors), optionally with a few labelled images", EXAMPLES)
     parser.add_argument("--checkpoint", required=True, help="the trained checkpoint")
     add_extension_arguments(parser, required=True)
     parser.add_argument("--out", required=True, help="the extended checkpoint to write (.pt); "
@@ -32,6 +41,9 @@ def run(arguments: argparse.Namespace) -> int:
     print(f"{arguments.out}: {summary['classes_before']} -> {summary['classes_after']} classes "
           f"(added {', '.join(summary['added_now'])}); classifier loss "
           f"{summary['loss_first'] or float('nan'):.4f} -> {summary['loss_last']:.4f}")
+    if summary.get("shot_images"):
+        print(f"shots: {len(summary['shot_images'])} images; real pixels per class "
+              f"{summary['real_pixels_per_class']}")
     print(f"class order: {summary['split_file']} (evaluate with `cagnet eval --checkpoint "
           f"{arguments.out}`; a dataset whose class-name file names the new classes is needed)")
     return 0

@@ -1,4 +1,4 @@
-"""Add new classes to a trained model from their names alone (no image of them).
+"""Add new classes to a trained model from their names, and optionally a few labelled images.
 
 CaGNet's classifier learns unseen classes from *generated* features: the generator maps a
 class embedding and a latent code to a pixel feature. A class that did not exist at training
@@ -17,11 +17,15 @@ time is therefore one more unseen class, as soon as it has an embedding in the s
    generator and the backbone stay frozen) on generated features of ALL classes, exactly as a
    step-2 iteration draws them (`cagnet.engine.steps.classifier_step`: per-pixel labels with
    weight 1 per seen class and 1 + `gen_unseen_rate` per unseen class, latent N(0, I), on the
-   feature grid of a training crop). Only the head moves because no real image anchors this
-   run: the trunk is shared with the adversarial head and was trained on real features, and
-   training it on generated features alone would drift away from them.
+   feature grid of a training crop). Only the head moves: the trunk is shared with the
+   adversarial head and was trained on real features, which a few shots cannot stand for.
 
-The finetuning is a method of the one training loop (`ClassifierExtension`, no run folder).
+With `--shots DIR` (K labelled images, layout in `cagnet.baselines.shots`) the head also
+learns from the real shot pixels and from the seen classes' real pixels, replayed from a
+sample of the checkpoint's training images when its dataset is reachable; the generator can
+first adapt to the shots. Without shots, nothing changes.
+
+The finetuning is a method of the one training loop (`ClassifierFinetune`, no run folder).
 `extend_checkpoint` applies all this to checkpoint files (`cagnet extend`), optionally putting
 the classes in the order of a split file (`cagnet eval` needs the checkpoint's classes in the
 order of the split it evaluates with; rows of the embeddings and the classifier move together,
@@ -30,41 +34,26 @@ which changes no prediction); `cagnet predict --add-classes` extends in memory.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 import torch
 import yaml
-from torch import nn
 
+from cagnet.baselines.shots import (ExtensionSettings, PixelPool, extend_with_shots, read_shots,
+                                    replay_pool)
 from cagnet.class_embeddings import build_class_embeddings, load_class_embeddings
-from cagnet.config import LossConfig, config_to_dict
-from cagnet.engine import loop
+from cagnet.config import config_to_dict
+from cagnet.datasets.build import build_dataset
 from cagnet.engine.checkpoint import LoadedModel, load_checkpoint, model_from_checkpoint, \
     save_checkpoint
-from cagnet.engine.optim import Optimizers
-from cagnet.engine.schedules import iteration_seed
-from cagnet.engine.steps import LabelDraw, StepContext, classifier_step
 from cagnet.errors import CagnetError, EmbeddingError
 from cagnet.utils.io import atomic_write_text
 
 LOGGER = logging.getLogger("cagnet")
-
-
-@dataclass
-class ExtensionSettings:
-    """The short classifier finetuning of `cagnet extend` (None = take the checkpoint's
-    `train.batch_size` / `train.gen_unseen_rate`)."""
-
-    iterations: int = 300
-    lr: float = 1e-3
-    batch_size: int | None = None
-    unseen_rate: float | None = None
-    seed: int = 0
+__all__ = ["ExtensionSettings", "extend_checkpoint", "extend_loaded_model", "parse_class_list"]
 
 
 def parse_class_list(text: str, existing: Sequence[str] = ()) -> list[str]:
@@ -113,109 +102,6 @@ def new_class_embeddings(names: Sequence[str], embed_dim: int,
     return torch.as_tensor(matrix, dtype=torch.float32), metadata
 
 
-def grow_classifier(discriminator: nn.Module, num_new: int) -> None:
-    """Give the classification head `num_new` more real-class outputs, in place.
-
-    Rows 0..K-1 are copied, rows K..K+n-1 start as the mean of the old real-class rows (weight
-    and bias), and the extra logit (if any) moves from row K to row K + n.
-    """
-    old: nn.Conv2d = discriminator.classifier
-    num_classes = discriminator.num_classes
-    extra = int(discriminator.extra_logit)
-    new = nn.Conv2d(old.in_channels, num_classes + num_new + extra, 1, bias=True)
-    new.to(device=old.weight.device, dtype=old.weight.dtype)
-    with torch.no_grad():
-        for target, source in ((new.weight, old.weight), (new.bias, old.bias)):
-            target[:num_classes] = source[:num_classes]
-            target[num_classes:num_classes + num_new] = source[:num_classes].mean(0)
-            if extra:
-                target[num_classes + num_new] = source[num_classes]
-    discriminator.classifier = new
-    discriminator.num_classes = num_classes + num_new
-
-
-def add_unseen_classes(model: nn.Module, rows: torch.Tensor) -> None:
-    """Append rows (n, E) to `model.class_embeddings` as unseen classes and grow the
-    classifier (see `grow_classifier`)."""
-    embeddings = model.class_embeddings
-    if rows.dim() != 2 or rows.shape[1] != embeddings.shape[1]:
-        raise EmbeddingError(f"new class embeddings have shape {tuple(rows.shape)}, the model's "
-                             f"are {embeddings.shape[1]}-d")
-    model.class_embeddings = torch.cat([embeddings, rows.to(embeddings)], dim=0)
-    grow_classifier(model.discriminator, rows.shape[0])
-
-
-class ClassifierExtension(loop.Method):
-    """Train only `model.discriminator.classifier` on generated features of every class, as
-    step-2 iterations draw them; every other parameter keeps its value (and its
-    `requires_grad` flag is restored by `finish`)."""
-
-    name = "extend"
-
-    def __init__(self, model: nn.Module, draw: LabelDraw, settings: ExtensionSettings,
-                 device: torch.device) -> None:
-        self.model, self.draw, self.settings = model, draw, settings
-        self.context = StepContext(device)
-        self.flags = {parameter: parameter.requires_grad for parameter in model.parameters()}
-        model.requires_grad_(False)
-        head = model.discriminator.classifier
-        head.requires_grad_(True)
-        self.optimizers = {"classifier": torch.optim.Adam(head.parameters(), lr=settings.lr)}
-        self.cagnet_optimizers = Optimizers(None, self.optimizers["classifier"], None)
-        self.loss = dataclasses.replace(LossConfig(), step2_discriminator_cls_fake=1.0,
-                                        step2_generator_cls_fake=0.0)
-        self.losses: list[float] = []
-
-    def step(self, iteration: int, batch: dict | None) -> dict[str, float]:
-        self.model.train()  # dropout in generator and trunk, as in a step-2 iteration
-        self.draw.generator.manual_seed(iteration_seed(self.settings.seed, iteration))
-        terms = classifier_step(self.model, self.cagnet_optimizers, self.loss, self.draw,
-                                self.context)
-        self.losses.append(terms["step2_cls_fake"])
-        return terms
-
-    def finish(self, run_dir: Path | None) -> None:
-        for parameter, flag in self.flags.items():
-            parameter.requires_grad_(flag)
-        self.model.eval()
-
-
-def finetune_classifier(model: nn.Module, grid_size: tuple[int, int], batch_size: int,
-                        unseen_rate: float, settings: ExtensionSettings, device: torch.device,
-                        show_progress: bool = False) -> list[float]:
-    """Run `ClassifierExtension` for `settings.iterations`; returns the step-2 classification
-    loss of every iteration."""
-    method = ClassifierExtension(model, LabelDraw(batch_size, grid_size, unseen_rate,
-                                                  torch.Generator()), settings, device)
-    try:
-        iterations = max(1, settings.iterations)
-        loop.run(method, loop.LoopSettings(settings.iterations, settings.seed, iterations,
-                                           iterations), None, show_progress=show_progress)
-    finally:
-        method.finish(None)
-    return method.losses
-
-
-def extend_model(model: nn.Module, rows: torch.Tensor, grid_size: tuple[int, int],
-                 batch_size: int, unseen_rate: float, settings: ExtensionSettings,
-                 device: torch.device, show_progress: bool = False) -> dict:
-    """Add the classes (see the module docstring) and finetune; returns a summary."""
-    num_before = model.num_classes
-    add_unseen_classes(model, rows.to(device))
-    losses = finetune_classifier(model, grid_size, batch_size, unseen_rate, settings, device,
-                                 show_progress)
-    tail = losses[-max(1, len(losses) // 10):] if losses else [float("nan")]
-    summary = {"classes_before": num_before, "classes_after": model.num_classes,
-               "grid_size": list(grid_size), "batch_size": batch_size,
-               "unseen_rate": unseen_rate, **dataclasses.asdict(settings),
-               "loss_first": losses[0] if losses else None,
-               "loss_last": sum(tail) / len(tail)}
-    LOGGER.info("extended %d -> %d classes; classifier loss %.4g -> %.4g over %d iterations",
-                num_before, model.num_classes, summary["loss_first"] or float("nan"),
-                summary["loss_last"], settings.iterations)
-    return summary
-
-
 def _check_same_sources(config, metadata: dict) -> None:
     """Warn when the new rows' word-vector files (by sha256) differ from those recorded in the
     sidecar of the embedding file the model was trained with (when it can still be found)."""
@@ -239,13 +125,29 @@ def _check_same_sources(config, metadata: dict) -> None:
                        [h[:12] for h in new if h], [h[:12] for h in old if h], sidecar)
 
 
+def _replay(loaded: LoadedModel, settings: ExtensionSettings) -> PixelPool | None:
+    """Seen-class pixels of a sample of the checkpoint's training images, or None (with a
+    warning) when its dataset cannot be read."""
+    config = loaded.config
+    try:
+        dataset = build_dataset(config.data, loaded.split(), settings.seed, "train",
+                                eval_warp=config.eval.warp_size)
+    except CagnetError as error:
+        LOGGER.warning("no replay of the training images (%s): only the shots' pixels of old "
+                       "classes anchor them", error)
+        return None
+    return replay_pool(loaded.model, dataset, settings.replay_images, settings.seed,
+                       loaded.device)
+
+
 def extend_loaded_model(loaded: LoadedModel, names: Sequence[str],
                         word_vectors: Sequence[tuple[str, str]] = (),
                         embeddings_file: str | None = None,
                         settings: ExtensionSettings | None = None,
                         show_progress: bool = False) -> dict:
     """Extend a loaded checkpoint's model in memory (its class list grows too); returns a
-    summary with the embedding provenance. The grid is the feature grid of a training crop."""
+    summary with the embedding provenance. With `settings.shots`, the seen classes' pixels of
+    `settings.replay_images` training images are replayed when the dataset is reachable."""
     settings = settings or ExtensionSettings()
     config, model = loaded.config, loaded.model
     if config.baseline.method != "cagnet":
@@ -255,13 +157,10 @@ def extend_loaded_model(loaded: LoadedModel, names: Sequence[str],
     rows, metadata = new_class_embeddings(names, model.class_embeddings.shape[1],
                                           word_vectors, embeddings_file)
     _check_same_sources(config, metadata)
-    grid = tuple(model.feature_size(config.data.crop_size, config.data.crop_size))
-    summary = extend_model(
-        model, rows, grid, settings.batch_size or config.train.batch_size,
-        config.train.gen_unseen_rate if settings.unseen_rate is None else settings.unseen_rate,
-        settings, loaded.device, show_progress)
-    loaded.class_names = loaded.class_names + list(names)
-    loaded.added_classes = loaded.added_classes + list(names)
+    shots = read_shots(settings.shots, loaded.class_names + list(names), config.data.mean_bgr,
+                       config.eval.warp_size) if settings.shots else []
+    replay = _replay(loaded, settings) if shots and settings.replay_images else None
+    summary = extend_with_shots(loaded, names, rows, settings, shots, replay, show_progress)
     sources = [{key: source.get(key) for key in ("kind", "path", "sha256", "dim")}
                for source in metadata.get("sources") or [] if isinstance(source, dict)]
     return {**summary, "added_classes": list(names),
