@@ -105,14 +105,21 @@ def test_zero_embedding_switch(tiny_voc: Path, tmp_path: Path, zero: bool,
         f"data.pseudo_label_dir={pseudo}", "train.stage=finetune", "train.mixed_period=1",
         "train.iterations=2", f"self_training.zero_embedding_for_pseudo_labels={zero}",
         "self_training.labelling=offline"])
+    from cagnet.engine import steps
+
     calls: list = []  # (labels, generator condition) of every generation: step 1, then step 2
-    original = CaGNet.generate
+    step1_generate, step2_generate = CaGNet.generate, steps._generate
 
     def recording(self, labels, latent):
         calls.append((labels.clone(), self.condition(labels).clone()))
-        return original(self, labels, latent)
+        return step1_generate(self, labels, latent)
+
+    def recording_step2(model, labels, latent):  # step 2 generates without CaGNet.generate
+        calls.append((labels.clone(), model.condition(labels).clone()))
+        return step2_generate(model, labels, latent)
 
     monkeypatch.setattr(CaGNet, "generate", recording)
+    monkeypatch.setattr(steps, "_generate", recording_step2)
     train_self_training(config, tmp_path / "st", step1, show_progress=False)
     (step1_labels, step1_condition), (step2_labels, step2_condition) = calls
     pseudo_pixels = (step1_labels == 3).unsqueeze(1).expand_as(step1_condition)

@@ -176,8 +176,11 @@ def model_from_checkpoint(state: dict, source: str | Path = "checkpoint",
     from cagnet.models.build import build_model
 
     stored = config_from_dict(state["config"])
-    config = config or stored
     embeddings = state["model"].get("class_embeddings")
+    if "feature_dim" not in state["config"].get("model", {}) and embeddings is not None:
+        stored.model.feature_dim = int(embeddings.shape[1])  # older checkpoints: E wide
+    config = config or stored
+    config.model.feature_dim = stored.model.feature_dim
     class_names = list(state.get("class_names") or [])
     if not isinstance(embeddings, torch.Tensor) or embeddings.dim() != 2:
         raise CheckpointError(f"{source}: the model has no (K, E) 'class_embeddings' buffer")
