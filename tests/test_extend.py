@@ -38,14 +38,20 @@ def write_word_vectors(path: Path, words: dict[str, list[float]] = WORDS) -> Pat
     return path
 
 
+def model_without_blue_square(base: Path) -> tuple[Path, Path]:
+    """The tiny benchmark in `base/voc` and a model trained on it WITHOUT 'blue square'
+    (neither seen nor unseen): (dataset root, checkpoint)."""
+    root = write_tiny_voc(base / "voc")
+    (root / "split_without.yaml").write_text("seen: [red circle, blue circle]\n"
+                                             "unseen: [red square]\n")
+    return root, train_tiny_checkpoint(root, base / "run", ("data.split=split_without.yaml",))
+
+
 @pytest.fixture(scope="module")
 def extension_run(tmp_path_factory):
     """A tiny model trained WITHOUT 'blue square' (neither seen nor unseen), and its data."""
     base = tmp_path_factory.mktemp("extend")
-    root = write_tiny_voc(base / "voc")
-    (root / "split_without.yaml").write_text("seen: [red circle, blue circle]\n"
-                                             "unseen: [red square]\n")
-    checkpoint = train_tiny_checkpoint(root, base / "run", ("data.split=split_without.yaml",))
+    root, checkpoint = model_without_blue_square(base)
     return base, root, checkpoint, write_word_vectors(base / "words.txt")
 
 

@@ -24,9 +24,8 @@ from cagnet.datasets.build import build_dataset, build_split
 from cagnet.engine.checkpoint import load_checkpoint, load_model
 from cagnet.errors import ConfigError, DataError
 
-from conftest import REPOSITORY, tiny_config_overrides, write_tiny_voc
-from test_extend import write_word_vectors
-from test_predict import train_tiny_checkpoint
+from conftest import REPOSITORY, tiny_config_overrides
+from test_extend import model_without_blue_square, write_word_vectors
 
 CPU = torch.device("cpu")
 
@@ -53,10 +52,7 @@ def write_shots(folder: Path, root: Path, ids: list[str], names: list[str]) -> P
 def base_run(tmp_path_factory):
     """A tiny model trained WITHOUT 'blue square', its data, word vectors and two shots."""
     base = tmp_path_factory.mktemp("fewshot")
-    root = write_tiny_voc(base / "voc")
-    (root / "split_without.yaml").write_text("seen: [red circle, blue circle]\n"
-                                             "unseen: [red square]\n")
-    checkpoint = train_tiny_checkpoint(root, base / "run", ("data.split=split_without.yaml",))
+    root, checkpoint = model_without_blue_square(base)
     shots = write_shots(base / "shots", root, ["img_000", "img_001"],
                         ["blue square", "red circle"])
     return base, root, checkpoint, write_word_vectors(base / "words.txt"), shots

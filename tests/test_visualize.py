@@ -29,12 +29,12 @@ def test_class_colours_are_the_voc_map_shifted_by_one():
 
 def test_colour_words_in_class_names_choose_the_colour():
     names = ["background", "plain red", "striped red", "plain yellow", "dotted_green", "sofa"]
-    colours = class_colours(len(names), names)
+    colours = class_colours(len(names), names).astype(int)
     assert colours[0].tolist() == [128, 0, 0] and colours[5].tolist() == [0, 128, 128]  # VOC
     for index in (1, 2):  # red dominates, and the two reds are different shades
         assert colours[index][0] > 2 * max(colours[index][1:])
     assert colours[1].tolist() != colours[2].tolist()
-    red, green, blue = colours[3].astype(int)
+    red, green, blue = colours[3]
     assert min(red, green) > 2 * blue  # yellow
     assert colours[4][1] > 2 * max(colours[4][0], colours[4][2])  # green
 

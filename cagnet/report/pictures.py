@@ -55,7 +55,7 @@ def shades(rgb: Sequence[int], count: int) -> np.ndarray:
     """(count, 3) uint8: from darker (mixed with black) to lighter (mixed with white)."""
     base = np.asarray(rgb, dtype=np.float64)
     rows = []
-    for amount in np.linspace(-0.45, 0.45, count) if count > 1 else [0.0]:
+    for amount in np.linspace(-0.4, 0.25, count) if count > 1 else [0.0]:
         rows.append(base * (1 + amount) if amount < 0 else base + (255 - base) * amount)
     return np.asarray(rows).round().astype(np.uint8)
 
