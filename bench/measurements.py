@@ -1,15 +1,18 @@
 """The measurements of bench/benchmark.py: the model of a recipe on synthetic tensors, and the
 timing, peak-memory and FLOP helpers.
 
-Every measurement runs exactly the code the trainer and the evaluator run
-(`feature_generation_step`, `classifier_step`, `evaluate`) on random inputs of the recipe's
-shapes, so no dataset is needed.
+Every measurement runs exactly the code the trainer, the evaluator and `cagnet predict` run
+(`feature_generation_step`, `classifier_step`, `evaluate`, `predict_paths`) on random inputs of
+the recipe's shapes (prediction: on a folder of photos), so no dataset is needed.
 """
 
 from __future__ import annotations
 
+import copy
 import resource
+import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Callable
@@ -20,15 +23,55 @@ import torch
 from cagnet.datasets.build import build_benchmark, build_split
 from cagnet.models.build import build_cagnet
 from cagnet.config import Config
+from cagnet.engine.checkpoint import LoadedModel
 from cagnet.engine.evaluate import evaluate
 from cagnet.engine.optim import build_optimizers, set_learning_rates
 from cagnet.engine.steps import LabelDraw, StepContext, classifier_step, feature_generation_step
 from cagnet.errors import CagnetError
+from cagnet.inference.predict import predict_paths
+from cagnet.models.fold import inference_model
 from cagnet.utils.runtime import (autocast_factory, build_grad_scaler, memory_format,
                                   prepare_model)
 
-MEASUREMENTS = ("step1", "finetune_step1", "step2", "eval")
+MEASUREMENTS = ("matmul", "step1", "finetune_step1", "step2", "eval", "predict")
+DEFAULT_MEASUREMENTS = ("step1", "finetune_step1", "step2", "eval")
+FINETUNE_MEASUREMENTS = ("finetune_step1", "step2")  # run on the finetune recipe
 IGNORE_INDEX = 255
+VOC_SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "data" / "voc-samples"
+
+
+def run_predict(loaded: LoadedModel, folder: Path, out_dir: Path, batch_size: int) -> dict:
+    """What `cagnet predict FOLDER --out OUT --batch-size N` runs after loading the checkpoint
+    (cagnet/commands/predict.py); adapt this one call when that module's signature changes."""
+    return predict_paths(loaded, folder, out_dir, show_progress=False, batch_size=batch_size)
+
+
+def matmul_function(size: int, device: torch.device) -> tuple[Callable[[], object], int]:
+    """One (size x size) @ (size x size) fp32 matmul and its FLOPs: the yardstick."""
+    generator = torch.Generator().manual_seed(0)
+    left, right = (torch.randn(size, size, generator=generator).to(device) for _ in range(2))
+    out = torch.empty_like(left)
+    return (lambda: torch.mm(left, right, out=out)), 2 * size ** 3
+
+
+def predict_inputs(folder: Path, count: int, size: int, seed: int, target: Path) -> str:
+    """Fill `target` with `count` images (0 = all): the first photos `*_image.png` of `folder`
+    (`../shared/data/voc-samples`: 513 x 513 Pascal VOC photos) when there are any, else
+    synthetic (size x size) images. Returns where they came from."""
+    from PIL import Image
+
+    photos = sorted(folder.glob("*_image.png")) if folder.is_dir() else []
+    if photos:
+        photos = photos[:count] if count else photos
+        for photo in photos:
+            shutil.copy(photo, target / photo.name)
+        return f"{len(photos)} photos from {folder}"
+    rng = np.random.default_rng(seed)
+    for index in range(count or 4):  # smooth blobs, so the PNG outputs compress as usual
+        coarse = rng.integers(0, 256, (9, 9, 3), dtype=np.uint8)
+        image = Image.fromarray(coarse).resize((size, size), Image.BICUBIC)
+        image.save(target / f"{index}_image.png")
+    return f"{count or 4} synthetic {size} x {size} images ({folder} not found)"
 
 
 def class_setup(config: Config, seed: int) -> tuple[np.ndarray, int, str]:
@@ -173,6 +216,24 @@ class Bench:
                             reduce=None)
         return run
 
+    def predict_function(self, folder: Path, count: int) -> tuple[Callable[[], dict], int, str]:
+        """`cagnet predict` on `count` images copied from `folder` (or synthetic ones), at
+        the recipe's `eval.warp_size` and `eval.batch_size`: (callable, images, their source).
+        The model is folded for inference as the command does (a copy: the training
+        measurements keep theirs)."""
+        self._scratch = tempfile.TemporaryDirectory(prefix="cagnet-bench-")
+        inputs, out_dir = Path(self._scratch.name) / "in", Path(self._scratch.name) / "out"
+        inputs.mkdir()
+        source = predict_inputs(folder, count, self.config.eval.warp_size, 0, inputs)
+        model = inference_model(self.model, self.config.eval.channels_last, self.device,
+                                inplace=False)
+        names = [f"class_{index}" for index in range(model.num_classes)]
+        loaded = LoadedModel(model, copy.deepcopy(self.config), names, self.num_seen, {},
+                             "benchmark (random weights)")
+        images = len(list(inputs.iterdir()))
+        return (lambda: run_predict(loaded, inputs, out_dir, self.config.eval.batch_size)), \
+            images, source
+
     def measurement(self, name: str) -> tuple[Callable[[], object], int]:
         """The callable of measurement `name` and the images one call processes."""
         if name == "step1":
@@ -181,4 +242,6 @@ class Bench:
             return self.step1_function(False), self.config.train.batch_size
         if name == "step2":
             return self.step2_function(), 0
-        return self.eval_function(), self.config.eval.batch_size
+        if name == "eval":
+            return self.eval_function(), self.config.eval.batch_size
+        raise ValueError(f"Bench.measurement: unknown measurement {name!r}")

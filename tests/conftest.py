@@ -62,6 +62,13 @@ def tiny_voc(tmp_path: Path) -> Path:
     return write_tiny_voc(tmp_path / "tiny_voc")
 
 
+# Overrides that shrink bench/cpu_reference.yaml to a tiny model (bench harness tests).
+BENCH_TINY = ["model.blocks_per_stage=[1,1,1,1]", "model.base_width=4",
+              "model.context_channels=8", "model.generator_hidden=[16,16]",
+              "model.generator_dropout=[0.1,0.1]", "model.discriminator_hidden=16",
+              "data.crop_size=33", "eval.warp_size=41", "train.threads=1"]
+
+
 def tiny_config_overrides(root: Path) -> list[str]:
     """Overrides that shrink the paper recipe to seconds on a CPU."""
     return [

@@ -19,7 +19,7 @@ from cagnet.engine.optim import build_optimizers, set_learning_rates
 from cagnet.engine.steps import LabelDraw, StepContext, classifier_step, feature_generation_step
 from cagnet.utils.runtime import autocast_factory, prepare_model
 
-from conftest import REPOSITORY, tiny_training_setup
+from conftest import BENCH_TINY, REPOSITORY, tiny_training_setup
 from deterministic_cli import no_latent_noise
 
 CPU = torch.device("cpu")
@@ -174,10 +174,7 @@ def test_benchmark_harness_writes_one_json_line_per_measurement(tmp_path: Path, 
     import benchmark
 
     out = tmp_path / "results.jsonl"
-    tiny = ["model.blocks_per_stage=[1,1,1,1]", "model.base_width=4", "model.context_channels=8",
-            "model.generator_hidden=[16,16]", "model.generator_dropout=[0.1,0.1]",
-            "model.discriminator_hidden=16", "data.crop_size=33", "eval.warp_size=41",
-            "train.threads=1"]
+    tiny = BENCH_TINY
     arguments = ["--config", str(REPOSITORY / "bench" / "cpu_reference.yaml"), "--device", "cpu",
                  "--iterations", "2", "--warmup", "0", "--in-process", "--peak-tflops", "1",
                  "--out", str(out)] + [item for value in tiny for item in ("--set", value)]

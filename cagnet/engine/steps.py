@@ -37,6 +37,7 @@ rank sees the same Inf/NaN and the scaler stays identical everywhere).
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 from dataclasses import dataclass
 from typing import Callable, ContextManager
@@ -150,7 +151,7 @@ def feature_generation_step(model: torch.nn.Module, images: torch.Tensor, labels
             latent = torch.randn_like(latent)
         fake = model.generate(grid_labels, latent)
         fake_output = model.discriminator(fake)
-    terms = _step1_terms(model, output, real_outputs, fake, fake_output, labels, grid_labels,
+    terms = step1_terms(model, output, real_outputs, fake, fake_output, labels, grid_labels,
                          loss, train_backbone, sync)
     totals = _step1_totals(terms, loss, train_backbone)
     numbers, finite = _as_floats({**terms, **totals})  # one device-to-host copy
@@ -172,7 +173,7 @@ def feature_generation_step(model: torch.nn.Module, images: torch.Tensor, labels
         with context.autocast():
             real_outputs = [model.discriminator(feature) for feature in output.features]
             fake_output = model.discriminator(fake)
-        terms = {**terms, **_step1_terms(model, output, real_outputs, fake, fake_output, labels,
+        terms = {**terms, **step1_terms(model, output, real_outputs, fake, fake_output, labels,
                                          grid_labels, loss, train_backbone, sync,
                                          only_discriminator_terms=True)}
         totals = _step1_totals(terms, loss, train_backbone)
@@ -212,7 +213,7 @@ def _step1_totals(terms: dict[str, torch.Tensor], loss: LossConfig,
     return totals
 
 
-def _step1_terms(model: torch.nn.Module, output, real_outputs: list, fake: torch.Tensor,
+def step1_terms(model: torch.nn.Module, output, real_outputs: list, fake: torch.Tensor,
                  fake_output, labels: torch.Tensor, grid_labels: torch.Tensor, loss: LossConfig,
                  train_backbone: bool, sync: BatchSync, only_discriminator_terms: bool = False
                  ) -> dict[str, torch.Tensor]:
@@ -301,27 +302,89 @@ def _latent_noise(shape: tuple[int, ...], generator: torch.Generator,
     return torch.randn(shape, generator=device_generator, device=device)
 
 
+def _keep_mask(like: torch.Tensor, keep: float,
+               generator: torch.Generator | None = None) -> torch.Tensor:
+    """Bool mask equal to `torch.empty_like(like).bernoulli_(keep, generator=...)` on the CPU,
+    from the same draws: torch's portable kernel takes one 64-bit draw per element (in memory
+    order) and keeps it when its low 53 bits, as a double in [0, 1), are < keep. Drawing the
+    bits with `random_` and comparing them as integers is ~3x faster than its per-element
+    loop."""
+    bits = torch.empty_like(like, dtype=torch.int64).random_(generator=generator)
+    return bits.bitwise_and_(2 ** 53 - 1) < math.ceil(keep * 2 ** 53)
+
+
+@functools.lru_cache(maxsize=None)
+def _bernoulli_is_portable() -> bool:
+    """Whether this torch's CPU `bernoulli_` is the kernel `_keep_mask` reproduces (with MKL on
+    an Intel CPU it is another one, already fast)."""
+    generator = torch.Generator().manual_seed(0)
+    expected = torch.empty(1024).bernoulli_(0.5, generator=generator).bool()
+    return torch.equal(_keep_mask(expected, 0.5, generator.manual_seed(0)), expected)
+
+
+def _dropout(x: torch.Tensor, dropout: torch.nn.Dropout) -> torch.Tensor:
+    """`dropout(x)` to the bit, from the same global-generator draws (its ops: x * (mask /
+    keep)); on the CPU the mask comes from `_keep_mask` (the per-element `bernoulli_` took
+    half of a step-2 iteration). In place when `x` needs no gradient."""
+    keep = 1.0 - dropout.p
+    if (not dropout.training or keep in (0.0, 1.0) or x.device.type != "cpu"
+            or not _bernoulli_is_portable()):
+        return dropout(x)
+    noise = _keep_mask(x, keep).to(x.dtype).div_(keep)
+    return x * noise if x.requires_grad else x.mul_(noise)
+
+
+def _generate(model: torch.nn.Module, labels: torch.Tensor, latent: torch.Tensor
+              ) -> torch.Tensor:
+    """`model.generate(labels, latent)`: labels (B, h, w) in 0..K-1 and latent (B, L, h, w) ->
+    fake features (B, F, h, w). The first 1x1 conv's class-embedding half is applied to the K
+    embeddings once and gathered per pixel, instead of to a (B, E, h, w) condition map
+    concatenated with the latent (half that layer's FLOPs)."""
+    generator = model.generator
+    convs = [layer.conv for layer in generator.hidden_layers] + [generator.output]
+    embed_dim = model.class_embeddings.shape[1]
+    first = convs[0]
+    per_class = torch.addmm(first.bias[:, None], first.weight[:, :embed_dim].flatten(1),
+                            model.class_embeddings.t())  # (C, K)
+    per_pixel = per_class.index_select(1, labels.flatten()).view(-1, *labels.shape)
+    x = torch.nn.functional.conv2d(latent, first.weight[:, embed_dim:])
+    x = x + per_pixel.transpose(0, 1)  # (B, C, h, w)
+    for layer, conv in zip(generator.hidden_layers, convs[1:]):
+        x = conv(_dropout(layer.activation(x), layer.dropout))
+    return torch.sigmoid(x)
+
+
+def _class_logits(discriminator: torch.nn.Module, feature: torch.Tensor) -> torch.Tensor:
+    """`discriminator(feature).class_logits` (B, K [+ 1], h, w), without the adversarial head
+    that step 2 never reads."""
+    trunk = discriminator.trunk
+    return discriminator.classifier(_dropout(trunk.activation(trunk.conv(feature)),
+                                             trunk.dropout))
+
+
 def classifier_step(model: torch.nn.Module, optimizers: Optimizers, loss: LossConfig,
                     draw: LabelDraw, context: StepContext) -> dict[str, float]:
     """One step-2 iteration: generated features of seen + unseen classes train the classifier
     (discriminator trunk + cls head); the generator only trains when its step-2 coefficient is
     non-zero (COCO). No image and no backbone are involved. Every rank draws the same
     (B, h, w) labels and (B, E, h, w) latents (its generator is seeded identically) and
-    generates its slice."""
+    generates its slice. The forward is `model.generate` then the discriminator's class
+    logits, without their waste (`_generate`, `_class_logits`, `_dropout`): the same numbers
+    from the same random draws (tests/test_step2.py)."""
     scaler, sync, device = context.scaler, context.sync, context.device
     optimizers.zero_grad()
     height, width = draw.grid_size
     all_labels = sample_step2_labels(draw.batch_size, height, width, model.num_seen,
                                      model.num_unseen, draw.unseen_rate, draw.generator)
-    noise = _latent_noise((draw.batch_size, model.class_embeddings.shape[1], height, width),
+    noise = _latent_noise((draw.batch_size, model.generator.latent_dim, height, width),
                           draw.generator, device)
     labels = sync.local_part(all_labels).to(device)
     noise = sync.local_part(noise).to(device)
     train_generator = loss.step2_generator_cls_fake != 0
     with context.autocast():
         with torch.set_grad_enabled(train_generator):
-            fake = model.generate(labels, noise)
-        logits = model.discriminator(fake).class_logits
+            fake = _generate(model, labels, noise)
+        logits = _class_logits(model.discriminator, fake)
     cls_fake = losses.classification_loss(sync.gather(logits).float(), all_labels.to(device))
     results, finite = _as_floats({"step2_cls_fake": cls_fake})
     if not sync.all_true(finite, device):
