@@ -1,20 +1,8 @@
-"""Word vectors (gensim) -> one L2-normalised embedding row per class id.
-
-The output is the project's class-embedding file: a float32 `(num_ids, D)` `.npy` with one row
-per line of the class-name file (row i = label id i, background included) and a JSON sidecar
-with the same stem recording the class names, the sources (kind, path, sha256, dim), how each
-class was looked up, and the rules below. Two ways to produce it:
-
-- `build_class_embeddings` embeds class names with word2vec / fastText files (gensim is imported
-  lazily, only there). CaGNet's "fastnvec" is `[("fasttext_bin", ft), ("word2vec_binary", w2v)]`:
-  fastText (300) ‖ word2vec (300).
-- `import_original_pickles` converts the pickled matrices of the original SPNet/CaGNet release.
-
-Per source every row is L2-normalised, the sources are concatenated in the given order and the
-concatenated row is L2-normalised again (see `NORMALISATION_RULE`).
+"""Word vectors (gensim, imported lazily) -> the class-embedding file: float32 `(num_ids, D)`
+`.npy`, row i = label id i (background included), and a JSON sidecar (class names, sources with
+sha256, lookups, rules). CaGNet's "fastnvec" is fastText (300) ‖ word2vec (300):
+`[("fasttext_bin", ft), ("word2vec_binary", w2v)]`; `import_original_pickles` reads the release's.
 """
-
-from __future__ import annotations
 
 import hashlib
 import io
@@ -32,38 +20,32 @@ from cagnet.utils.safe_pickle import load_numpy_pickle
 from cagnet.utils.io import atomic_write_bytes, atomic_write_json
 
 __all__ = ["LOOKUP_RULE", "NORMALISATION_RULE", "WORD_VECTOR_KINDS", "build_class_embeddings",
-           "import_original_pickles", "load_class_embeddings", "load_word_vectors",
-           "phrase_tokens", "resolve_kind", "save_class_embeddings", "sha256_file",
-           "sidecar_path"]
+           "embedding_transfer_statistics", "import_original_pickles", "load_class_embeddings",
+           "load_word_vectors", "phrase_tokens", "resolve_kind", "save_class_embeddings",
+           "sha256_file", "sidecar_path"]
 
 logger = logging.getLogger(__name__)
 
 WORD_VECTOR_KINDS = ("word2vec", "word2vec_binary", "fasttext_bin", "fasttext_vec", "glove_text")
 BINARY_KINDS = ("word2vec_binary", "fasttext_bin")
 
-LOOKUP_RULE = (
-    "A class name is looked up as a whole first: the name itself and the name with its "
-    "tokens joined by '_' (GoogleNews stores phrases as 'potted_plant'). Otherwise it is split "
-    "into tokens on spaces, underscores and hyphens (empty tokens dropped) and its vector is the "
-    "mean of the token vectors. Every key is tried exactly, then lower-case, then capitalised "
-    "('Tvmonitor'), in the source's vocabulary. A token missing from the vocabulary of a source "
-    "with subword information (fastText .bin) is composed from its character n-grams as written; "
-    "in any other source it is an error."
-)
-NORMALISATION_RULE = (
-    "Each source's rows are L2-normalised, the sources are concatenated in the listed order and "
-    "each concatenated row is L2-normalised again."
-)
+LOOKUP_RULE = ("A class name is looked up as a whole first: the name itself and the name with its "
+               "tokens joined by '_' (GoogleNews stores phrases as 'potted_plant'). Otherwise it "
+               "is split into tokens on spaces, underscores and hyphens (empty tokens dropped) and "
+               "its vector is the mean of the token vectors. Every key is tried exactly, then "
+               "lower-case, then capitalised ('Tvmonitor'), in the source's vocabulary. A token "
+               "missing from the vocabulary of a source with subword information (fastText .bin) "
+               "is composed from its character n-grams as written; in any other source it is an "
+               "error.")
+NORMALISATION_RULE = ("Each source's rows are L2-normalised, the sources are concatenated in the "
+                      "listed order and each concatenated row is L2-normalised again.")
 
 _UNIT_NORM_TOLERANCE = 1e-3
 
 
 def phrase_tokens(name: str) -> list[str]:
-    """Split a class name into tokens on spaces, underscores and hyphens; drop empty tokens.
-
-    "potted plant", "potted_plant" -> ["potted", "plant"]; "wall-concrete" -> ["wall",
-    "concrete"]; "tvmonitor" -> ["tvmonitor"].
-    """
+    """Tokens of a class name split on spaces, underscores and hyphens ("potted_plant" ->
+    ["potted", "plant"]), empty ones dropped."""
     return [token for token in re.split(r"[\s_\-]+", name) if token]
 
 
@@ -96,13 +78,10 @@ def _sample(path: Path) -> tuple[str, bool]:
 
 
 def resolve_kind(path: str | os.PathLike, kind: str = "auto") -> str:
-    """The word-vector kind of `path`; `"auto"` decides from the file name and content.
-
-    `.bin` -> `fasttext_bin` when the name contains "fasttext", "cc." or "wiki.", else
-    `word2vec_binary`; `.vec` -> `fasttext_vec`; `.txt` -> `word2vec` when the first line is a
-    `count dim` header, else `glove_text` (a trailing `.gz` or `.bz2` is skipped). A given kind
-    is checked against the content (text or binary). Raises EmbeddingError naming the file.
-    """
+    """The word-vector kind of `path`, checked against the content (text or binary). "auto":
+    `.bin` -> `fasttext_bin` when the name has "fasttext", "cc." or "wiki.", else
+    `word2vec_binary`; `.vec` -> `fasttext_vec`; `.txt` -> `word2vec` with a `count dim` header,
+    else `glove_text` (a trailing `.gz` / `.bz2` is skipped)."""
     source = Path(path)
     if kind != "auto" and kind not in WORD_VECTOR_KINDS:
         raise EmbeddingError(f"unknown word-vector kind '{kind}' for {path}; valid kinds: "
@@ -137,20 +116,8 @@ def resolve_kind(path: str | os.PathLike, kind: str = "auto") -> str:
 
 
 def load_word_vectors(path: str | os.PathLike, kind: str = "auto") -> Any:
-    """Load a word-vector file with gensim.
-
-    Args:
-        path: The file (GoogleNews `.bin`, fastText `.bin` / `.vec`, word2vec text `.txt`,
-            GloVe text without header).
-        kind: One of `WORD_VECTOR_KINDS` or "auto" (see `resolve_kind`).
-
-    Returns:
-        A gensim `KeyedVectors` (`FastTextKeyedVectors`, with subwords, for `fasttext_bin`).
-
-    Raises:
-        EmbeddingError: the file is missing, is not of `kind`, gensim is not installed, or the
-            file cannot be read as `kind` (the message names the file and the kind).
-    """
+    """A gensim `KeyedVectors` of the file (`FastTextKeyedVectors`, with subwords, for
+    `fasttext_bin`); `kind` as in `resolve_kind`. Raises EmbeddingError naming file and kind."""
     source = Path(path)
     kind = resolve_kind(source, kind)
     try:
@@ -169,25 +136,14 @@ def load_word_vectors(path: str | os.PathLike, kind: str = "auto") -> Any:
                              f"({type(error).__name__}: {error})") from error
 
 
-def _case_variants(key: str) -> list[str]:
-    variants = [key, key.lower(), key.lower().capitalize()]
-    return list(dict.fromkeys(variants))
-
-
 def _vocabulary_key(vectors: Any, key: str) -> str | None:
     """The first case variant of `key` in the vocabulary proper (never via subwords)."""
-    for variant in _case_variants(key):
-        if variant in vectors.key_to_index:
-            return variant
-    return None
+    variants = (key, key.lower(), key.lower().capitalize())
+    return next((variant for variant in variants if variant in vectors.key_to_index), None)
 
 
 def _embed_class(name: str, vectors: Any) -> tuple[np.ndarray | None, list[str], list[str]]:
-    """Embed one class name following `LOOKUP_RULE`.
-
-    Returns:
-        `(vector (D,) float64 or None, keys used, tokens missing)`.
-    """
+    """`LOOKUP_RULE`: (vector (D,) float64 or None, keys used, tokens missing)."""
     tokens = phrase_tokens(name)
     for whole in dict.fromkeys([name.strip(), "_".join(tokens)]):
         key = _vocabulary_key(vectors, whole) if whole else None
@@ -225,22 +181,10 @@ def _normalise_rows(matrix: np.ndarray, what: str) -> np.ndarray:
 
 def build_class_embeddings(class_names: Sequence[str], sources: Sequence[tuple[str, str]]
                            ) -> tuple[np.ndarray, dict]:
-    """Embed every class name with every source and concatenate the sources.
+    """Embed every class name with every `(kind, path)` source, concatenated in order.
 
-    Args:
-        class_names: The class-name file's lines (row i = label id i, background included).
-        sources: `(kind, path)` pairs in concatenation order, e.g. fastnvec =
-            `[("fasttext_bin", fasttext_path), ("word2vec_binary", googlenews_path)]`.
-
-    Returns:
-        `(matrix, metadata)`: float32 `(len(class_names), sum of source dims)` with unit rows,
-        and the sidecar dict (class_names, sources with kind/path/sha256/dim/lookups, dim,
-        rule, normalisation).
-
-    Raises:
-        EmbeddingError: no class names or sources, a name without tokens, an unreadable source,
-            or words missing from sources without subwords: all of them, with their classes,
-            in one message.
+    Returns float32 `(len(class_names), sum of source dims)` with unit rows and the sidecar
+    dict. Words missing from sources without subwords raise one EmbeddingError naming them all.
     """
     class_names = [str(name) for name in class_names]
     if not class_names:
@@ -275,26 +219,10 @@ def build_class_embeddings(class_names: Sequence[str], sources: Sequence[tuple[s
 
 
 def import_original_pickles(pickle_paths: Sequence[str | os.PathLike],
-                            class_names: Sequence[str] | None = None
-                            ) -> tuple[np.ndarray, dict]:
-    """Convert the original release's pickled word-vector matrices (one file per source).
-
-    Each pickle holds a float `(num_ids, 300)` ndarray, row i = label id i; it is read with
-    `load_numpy_pickle` (no code execution). VOC fastnvec:
-    `import_original_pickles([".../fasttext.pkl", ".../word2vec.pkl"])` -> `(21, 600)`.
-
-    Args:
-        pickle_paths: Pickles in concatenation order.
-        class_names: Optional class-name file lines; their count must equal the row count.
-
-    Returns:
-        `(matrix, metadata)`: float32 `(num_ids, sum of dims)` with unit rows (each source
-        normalised first: CaGNet's Context rows are not unit-norm), and the sidecar dict.
-
-    Raises:
-        EmbeddingError: a pickle is unsafe or malformed, not 2-D, non-finite, has a zero row,
-            or the row counts differ between pickles or from `class_names`.
-    """
+                            class_names: Sequence[str] | None = None) -> tuple[np.ndarray, dict]:
+    """The original release's pickled `(num_ids, 300)` matrices (read without code execution),
+    concatenated in order: float32 `(num_ids, sum of dims)` with unit rows (each source is
+    normalised first: CaGNet's Context rows are not unit-norm) and the sidecar dict."""
     if not pickle_paths:
         raise EmbeddingError("no pickle files given")
     blocks, records = [], []
@@ -342,12 +270,8 @@ def _check_matrix(matrix: np.ndarray, where: str) -> np.ndarray:
 
 def save_class_embeddings(npy_path: str | os.PathLike, matrix: np.ndarray,
                           metadata: dict) -> tuple[Path, Path]:
-    """Write `matrix` as float32 `.npy` and `metadata` (+ shape) as its JSON sidecar, atomically.
-
-    Returns:
-        `(npy_path, sidecar_path)`. Raises EmbeddingError for an invalid matrix or a
-        `metadata["class_names"]` whose length differs from the row count.
-    """
+    """Write `matrix` as float32 `.npy` and `metadata` (+ shape) as its JSON sidecar, atomically;
+    returns both paths."""
     npy_path = Path(npy_path)
     matrix = _check_matrix(np.asarray(matrix), str(npy_path)).astype(np.float32)
     names = metadata.get("class_names")
@@ -375,22 +299,9 @@ def read_sidecar(npy_path: Path) -> dict:
 
 def load_class_embeddings(npy_path: str | os.PathLike, expected_rows: int | None = None,
                           class_names: Sequence[str] | None = None) -> tuple[np.ndarray, dict]:
-    """Read and validate a class-embedding file and its sidecar (the sidecar is optional).
-
-    Args:
-        npy_path: The `.npy` file.
-        expected_rows: Required row count (the class-name file's line count); defaults to
-            `len(class_names)` when names are given.
-        class_names: If given and the sidecar records class names, they must be identical.
-
-    Returns:
-        `(matrix, metadata)`: float32 `(num_ids, dim)` with unit rows (rows off unit norm by
-        more than 1e-3 are renormalised with a warning), and the sidecar dict (`{}` if absent).
-
-    Raises:
-        EmbeddingError naming the file: missing or unreadable, not 2-D, NaN/Inf, a zero row,
-        a wrong row count, or class names that differ from the sidecar's.
-    """
+    """A checked class-embedding file: float32 `(num_ids, dim)` with unit rows (rows off unit
+    norm by more than 1e-3 are renormalised with a warning) and its sidecar dict (`{}` if absent).
+    `expected_rows` defaults to `len(class_names)`; names must match the sidecar's."""
     npy_path = Path(npy_path)
     if not npy_path.is_file():
         raise EmbeddingError(f"class-embedding file not found: {npy_path}")
@@ -432,28 +343,12 @@ def load_class_embeddings(npy_path: str | os.PathLike, expected_rows: int | None
 
 def embedding_transfer_statistics(matrix: np.ndarray, seen_rows: Sequence[int],
                                   unseen_rows: Sequence[int]) -> list[dict]:
-    """How much of each unseen class embedding the seen ones explain (a pure function).
+    """How much of each unseen class embedding the seen ones explain, rows L2-normalised first.
 
-    Every row is L2-normalised first. Per unseen row `u`: `residual` = the norm of what remains
-    of the unit embedding after its least-squares projection onto the span of the seen rows (0:
-    a linear map of the seen embeddings reproduces it; 1: orthogonal to all of them), and the
-    seen row with the largest cosine to it. Pascal-VOC fastnvec (seen = ids 1..15, background
-    excluded) gives residuals 0.74-0.94 and nearest-seen cosines 0.26-0.60 for its 5 unseen
-    classes.
-
-    Args:
-        matrix: `(num_rows, D)` class embeddings (any row norms, none zero).
-        seen_rows: Row indices spanning the seen subspace (do not include background unless it
-            is meant to be a class).
-        unseen_rows: Row indices to measure.
-
-    Returns:
-        One dict per unseen row, in the given order: `row` (u), `residual`, `nearest_seen` (the
-        row index in `matrix`, the first one on ties) and `cosine` (to that row), as Python
-        floats and ints.
-
-    Raises:
-        EmbeddingError: no seen rows, an index out of range, or a zero / non-finite row used.
+    One dict per unseen row: `row`, `residual` (norm of what its least-squares projection on the
+    span of the seen rows leaves: 0 = a linear map of the seen embeddings reproduces it),
+    `nearest_seen` (row index, the first on ties) and its `cosine`. Pascal-VOC fastnvec (seen =
+    ids 1..15) gives residuals 0.74-0.94 and nearest-seen cosines 0.26-0.60.
     """
     matrix = np.asarray(matrix, dtype=np.float64)
     if matrix.ndim != 2:
@@ -476,6 +371,3 @@ def embedding_transfer_statistics(matrix: np.ndarray, seen_rows: Sequence[int],
              "nearest_seen": seen_rows[int(nearest[index])],
              "cosine": float(cosines[index, nearest[index]])}
             for index, row in enumerate(unseen_rows)]
-
-
-__all__ += ["embedding_transfer_statistics"]

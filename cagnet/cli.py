@@ -1,12 +1,6 @@
-"""The `cagnet` command line: argument parsing only; the work happens in the engine.
-
-Subcommands live in `cagnet/commands/`, one module each, listed in `COMMAND_MODULES`. Every
-subcommand that reads a recipe takes `--config FILE` and any number of `--set section.key=value`
-overrides. Errors the user can fix are printed as one line naming the file, key or value (exit
-status 2), never as a traceback.
-"""
-
-from __future__ import annotations
+"""The `cagnet` command line: parsing and dispatch to the subcommands of `cagnet/commands/`.
+Errors the user can fix are printed as one line naming the file, key or value (exit status 2),
+never as a traceback."""
 
 import argparse
 import importlib
@@ -17,23 +11,9 @@ from cagnet.engine.signals import RunStopped
 from cagnet import __version__
 from cagnet.errors import CagnetError
 
-COMMAND_MODULES = (
-    "cagnet.commands.demo",
-    "cagnet.commands.data",
-    "cagnet.commands.embed",
-    "cagnet.commands.pretrain",
-    "cagnet.commands.train",
-    "cagnet.commands.evaluate",
-    "cagnet.commands.audit",
-    "cagnet.commands.import_checkpoint",
-    "cagnet.commands.predict",
-    "cagnet.commands.export",
-    "cagnet.commands.extend",
-    "cagnet.commands.compare",
-    "cagnet.commands.fewshot",
-    "cagnet.commands.calibrate",
-    "cagnet.commands.recipes",
-)
+COMMAND_MODULES = tuple(f"cagnet.commands.{name}" for name in (
+    "demo", "data", "embed", "train", "evaluate", "audit", "import_checkpoint",
+    "predict", "export", "extend", "compare", "fewshot", "calibrate", "recipes"))
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,9 +1,5 @@
-"""The project's own error types.
-
-Every failure a user can cause (a bad config value, a missing file, a corrupt image, a wrong
-embedding file) is reported as one of these, with a message that names the file, key or value
-and what was expected. The CLI prints the message without a traceback.
-"""
+"""The project's own error types: every failure a user can cause raises one, with a message
+naming the file, key or value and what was expected; the CLI prints it without a traceback."""
 
 
 class CagnetError(Exception):

@@ -1,21 +1,8 @@
-"""Calibrated stacking (SPNet-c, method.md §7), for any model that exposes `segment()`.
-
-A model trained on seen classes only is over-confident on them. Calibration subtracts a
-constant T from the softmax probability of every SEEN class before the argmax:
-
-    prediction = argmax_k (softmax(logits)_k - T · [k < S])
-
-T must be chosen without the test set's unseen classes. SPNet's protocol, implemented here:
-hold out some seen classes as *validation* classes (`validation:` in the split file), train a
-model on the remaining seen classes only (`validation_split`: the validation classes play the
-unseen ones, the real unseen classes are ignored), sweep T on the test images of that model
-and keep the T with the best validation hIoU (ties: the smallest T); then apply that T to the
-model trained on every seen class. `sweep_confusions` evaluates every T with one forward pass
-per batch, pairing predictions and labels exactly as the evaluator does (same protocols, same
-resolution as `cagnet eval`; T = 0 gives exactly the uncalibrated scores).
+"""Calibrated stacking (SPNet-c, method.md §7) for any model with `segment()`: T is subtracted
+from every SEEN class's softmax probability before the argmax, and chosen (best hIoU, ties: the
+smallest T) on a model trained without the split's validation classes, which play the unseen
+ones (`validation_split`), never on the test set's unseen classes.
 """
-
-from __future__ import annotations
 
 import math
 from dataclasses import dataclass
@@ -33,6 +20,8 @@ from cagnet.errors import ConfigError, DataError
 from cagnet.metrics import confusion_matrix, zero_shot_scores
 from cagnet.utils.io import atomic_write_text
 
+CURVE_KEYS = ("hiou", "miou", "miou_seen", "miou_unseen")
+
 
 def calibrated_scores(logits: torch.Tensor, num_seen: int, temperature: float) -> torch.Tensor:
     """logits (B, K, h, w) -> softmax probabilities minus T on the seen channels 0..S-1."""
@@ -40,35 +29,6 @@ def calibrated_scores(logits: torch.Tensor, num_seen: int, temperature: float) -
     offset = torch.zeros(logits.shape[1], dtype=probabilities.dtype, device=logits.device)
     offset[:num_seen] = temperature
     return probabilities - offset.view(1, -1, *([1] * (logits.dim() - 2)))
-
-
-def calibrated_predictions(logits: torch.Tensor, labels: Sequence[torch.Tensor], protocol: str,
-                           warp_size: int, num_seen: int, values: Sequence[float]
-                           ) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Calibrated predictions at every T, paired with each image's label as the evaluator pairs
-    them (`predictions_for_labels`).
-
-    Calibration is applied where the evaluator takes its argmax: with `full`, after the logits
-    are bilinearly upsampled to the label's resolution (softmax of the upsampled logits, minus
-    T, argmax), so T = 0 reproduces the uncalibrated evaluation exactly; with `original`, on
-    the feature grid.
-
-    Args:
-        logits: (B, K, h, w) real-class logits; labels: B tensors (H_i, W_i).
-    Returns:
-        B pairs ((V, H', W') predictions, one per T in `values`; (H', W') label).
-    """
-    pairs = predictions_for_labels(logits, labels, protocol, warp_size)
-    results = []
-    for index, (_, label) in enumerate(pairs):
-        scores = logits[index:index + 1].float()
-        if protocol == "full":
-            scores = F.interpolate(scores, size=label.shape[-2:], mode="bilinear",
-                                   align_corners=False)
-        predictions = torch.stack([calibrated_scores(scores, num_seen, temperature)[0].argmax(0)
-                                   for temperature in values])
-        results.append((predictions, label))
-    return results
 
 
 def parse_values(text: str) -> list[float]:
@@ -108,21 +68,26 @@ class SweepTarget:
 
 @torch.no_grad()
 def sweep_confusions(target: SweepTarget, values: Sequence[float]) -> torch.Tensor:
-    """(V, K, K) confusion matrices, one per T in `values`, from one forward pass per batch."""
+    """(V, K, K) confusion matrices, one per T in `values`, from one forward pass per batch.
+    Predictions and labels are paired as the evaluator pairs them (`predictions_for_labels`);
+    with `full` the logits are first upsampled (bilinear) to the label, so T = 0 reproduces the
+    uncalibrated evaluation exactly; with `original` they stay on the feature grid."""
     target.model.eval()
-    confusions = torch.zeros(len(values), target.num_classes, target.num_classes,
-                             dtype=torch.long)
-    images_seen = 0
+    size, images_seen = target.num_classes, 0
+    confusions = torch.zeros(len(values), size, size, dtype=torch.long)
     for batch in target.loader:
         logits = target.model.segment(batch["image"].to(target.device)).float()
         labels = batch["label"]
         labels = list(labels) if isinstance(labels, torch.Tensor) else labels
-        for predictions, label in calibrated_predictions(logits, labels, target.protocol,
-                                                         target.warp_size, target.num_seen,
-                                                         values):
-            for index, prediction in enumerate(predictions):
-                confusions[index] += confusion_matrix(prediction, label,
-                                                      target.num_classes).cpu()
+        pairs = predictions_for_labels(logits, labels, target.protocol, target.warp_size)
+        for index, (_, label) in enumerate(pairs):
+            scores = logits[index:index + 1].float()
+            if target.protocol == "full":
+                scores = F.interpolate(scores, size=label.shape[-2:], mode="bilinear",
+                                       align_corners=False)
+            for position, temperature in enumerate(values):
+                prediction = calibrated_scores(scores, target.num_seen, temperature)[0].argmax(0)
+                confusions[position] += confusion_matrix(prediction, label, size).cpu()
         images_seen += len(labels)
         if target.max_images and images_seen >= target.max_images:
             break
@@ -131,15 +96,12 @@ def sweep_confusions(target: SweepTarget, values: Sequence[float]) -> torch.Tens
 
 def calibration_curve(confusions: torch.Tensor, values: Sequence[float], num_seen: int
                       ) -> list[dict]:
-    """One row per T: `temperature`, `hiou`, `miou`, `miou_seen`, `miou_unseen`."""
-    num_classes = confusions.shape[-1]
-    seen, unseen = list(range(num_seen)), list(range(num_seen, num_classes))
+    """One row per T: `temperature` and the `CURVE_KEYS` scores."""
+    seen, unseen = list(range(num_seen)), list(range(num_seen, confusions.shape[-1]))
     rows = []
     for temperature, confusion in zip(values, confusions):
         scores = zero_shot_scores(confusion, seen, unseen)
-        rows.append({"temperature": float(temperature),
-                     **{key: scores[key] for key in ("hiou", "miou", "miou_seen",
-                                                     "miou_unseen")}})
+        rows.append({"temperature": float(temperature), **{key: scores[key] for key in CURVE_KEYS}})
     return rows
 
 
@@ -149,9 +111,7 @@ def pick_temperature(curve: Sequence[dict]) -> float:
         raise ConfigError("calibration: no T value to choose from")
 
     def key(row: dict) -> tuple[float, float]:
-        hiou = row["hiou"]
-        return (-math.inf if hiou != hiou else hiou, -row["temperature"])
-
+        return (-math.inf if row["hiou"] != row["hiou"] else row["hiou"], -row["temperature"])
     return float(max(curve, key=key)["temperature"])
 
 
@@ -161,8 +121,7 @@ def validation_split(split: ClassSplit) -> ClassSplit:
     if not split.validation_ids:
         raise DataError("calibration needs validation classes: the split file has no "
                         "'validation:' list (a subset of 'seen' held out to choose T)")
-    seen = tuple(class_id for class_id in split.seen_ids if class_id not in
-                 split.validation_ids)
+    seen = tuple(i for i in split.seen_ids if i not in split.validation_ids)
     return ClassSplit(split.class_names, seen, tuple(split.validation_ids), ())
 
 

@@ -1,15 +1,7 @@
-"""`cagnet calibrate`: sweep the calibration constant T, pick it on validation classes, apply it.
-
-Inputs: the model to calibrate (any method's checkpoint) and either the checkpoint of the same
-method trained WITHOUT the split's validation classes (`calibration.validation_split`) - T is
-then picked on that model's test curve, where the validation classes play the unseen ones - or
-a given T (e.g. the original's 0.6 on VOC), recorded as "given". The test curve of the real
-model is always reported, never used to choose. Outputs in `out_dir`: `calibration.json` (both
-curves, T, how it was chosen, the scores at T), `calibration.md`, `calibration.png`, and the
-usual `metrics.json` / `report.md` / figures of the calibrated model.
-"""
-
-from __future__ import annotations
+"""`cagnet calibrate`: T picked on the validation classes of a model of the same method trained
+without them (`calibration.validation_split`), or given (recorded as "given"); the test curve is
+reported, never used to choose. Writes `calibration.json` / `.md` / `.png` and the calibrated
+model's `metrics.json`, `report.md` and figures."""
 
 import logging
 from dataclasses import dataclass, field
@@ -18,16 +10,16 @@ from typing import Sequence
 
 import torch
 
-from cagnet.baselines.calibration import (SweepTarget, calibration_curve, pick_temperature,
-                                          sweep_confusions)
-from cagnet.report.curves import write_curve_png
+from cagnet.baselines.calibration import (CURVE_KEYS, SweepTarget, calibration_curve,
+                                          pick_temperature, sweep_confusions)
 from cagnet.datasets.build import build_eval_loader
 from cagnet.datasets.splits import ClassSplit
 from cagnet.engine.checkpoint import LoadedModel, load_model
 from cagnet.engine.protocol import protocol_card
-from cagnet.report.charts import write_evaluation_figures
 from cagnet.errors import CheckpointError, ConfigError
 from cagnet.metrics import zero_shot_scores
+from cagnet.report.charts import write_evaluation_figures
+from cagnet.report.curves import write_curve_png
 from cagnet.report.tables import format_scores_line, write_report
 from cagnet.utils.io import atomic_write_json, atomic_write_text
 from cagnet.utils.runtime import resolve_device
@@ -40,7 +32,7 @@ class CalibrationResult:
     """What one calibration produced (curves: `calibration_curve` rows)."""
 
     temperature: float
-    chosen_on: str  # "validation classes ..." or "given"
+    chosen_on: str  # "best hIoU on the validation classes ..." or "given ..."
     test_curve: list[dict]
     test_scores: dict  # zero_shot_scores of the real model at `temperature`
     confusion: torch.Tensor  # (K, K) of the real model at `temperature`
@@ -51,8 +43,7 @@ class CalibrationResult:
 def sweep_target(loaded: LoadedModel, device: torch.device) -> SweepTarget:
     """The test split of a loaded checkpoint, as its own evaluation would see it."""
     config, split = loaded.config, loaded.split()
-    loader = build_eval_loader(config, split)
-    return SweepTarget(loaded.model.to(device), loader, split.num_seen,
+    return SweepTarget(loaded.model.to(device), build_eval_loader(config, split), split.num_seen,
                        split.num_seen + split.num_unseen, config.eval.protocol,
                        config.eval.warp_size, device, config.eval.max_images)
 
@@ -127,28 +118,25 @@ def calibrate_checkpoints(checkpoint: str | Path, values: Sequence[float], *,
 def write_calibration(out_dir: Path, result: CalibrationResult, loaded: LoadedModel,
                       checkpoint: str, validation_checkpoint: str | Path | None) -> None:
     """calibration.json / .md / .png plus the calibrated model's metrics.json and report."""
-    split = loaded.split()
+    split, scores = loaded.split(), result.test_scores
     card = protocol_card(loaded.config, split, loaded.model.class_embeddings.shape[1])
     card["calibration"] = (f"T = {result.temperature:g} subtracted from every seen class's "
                            f"softmax probability before the argmax; T {result.chosen_on}")
     title = f"{loaded.config.name}: {checkpoint} calibrated with T = {result.temperature:g}"
-    write_report(out_dir, result.test_scores, split.model_class_names, split.num_seen, card,
-                 title)
-    write_evaluation_figures(out_dir, result.confusion.numpy(), result.test_scores,
-                             split.model_class_names, split.num_seen)
+    write_report(out_dir, scores, split.model_class_names, split.num_seen, card, title)
+    write_evaluation_figures(out_dir, result.confusion.numpy(), scores, split.model_class_names,
+                             split.num_seen)
     atomic_write_json(out_dir / "calibration.json", {
         "checkpoint": checkpoint, "method": loaded.config.baseline.method,
         "validation_checkpoint": str(validation_checkpoint) if validation_checkpoint else None,
         "validation_classes": result.validation_classes, "temperature": result.temperature,
         "chosen_on": result.chosen_on, "validation_curve": result.validation_curve,
-        "test_curve": result.test_curve,
-        "test_scores": {key: value for key, value in result.test_scores.items()
-                        if not isinstance(value, list)}})
+        "test_curve": result.test_curve, "test_scores": {
+            key: value for key, value in scores.items() if not isinstance(value, list)}})
     atomic_write_text(out_dir / "calibration.md", calibration_markdown(result))
     x_values = [row["temperature"] for row in result.test_curve]
-    series = {"test hIoU": [row["hiou"] for row in result.test_curve],
-              "test seen mIoU": [row["miou_seen"] for row in result.test_curve],
-              "test unseen mIoU": [row["miou_unseen"] for row in result.test_curve]}
+    series = {f"test {name}": [row[key] for row in result.test_curve] for key, name in
+              (("hiou", "hIoU"), ("miou_seen", "seen mIoU"), ("miou_unseen", "unseen mIoU"))}
     if result.validation_curve:
         lookup = {row["temperature"]: row["hiou"] for row in result.validation_curve}
         series["validation hIoU"] = [lookup.get(x, float("nan")) for x in x_values]
@@ -156,21 +144,19 @@ def write_calibration(out_dir: Path, result: CalibrationResult, loaded: LoadedMo
                     "calibration: scores against T", marked_x=result.temperature,
                     dashed=("test seen mIoU", "test unseen mIoU"))
     LOGGER.info("calibrated with T = %g (%s): %s", result.temperature, result.chosen_on,
-                format_scores_line(result.test_scores))
+                format_scores_line(scores))
 
 
 def calibration_markdown(result: CalibrationResult) -> str:
     """Both curves as Markdown tables, T and how it was chosen."""
     lines = ["# Calibration", "", f"T = {result.temperature:g}: {result.chosen_on}.", ""]
-    curves = [("Validation curve (used to choose T)", result.validation_curve),
-              ("Test curve (reported only, never used to choose T)", result.test_curve)]
-    for heading, curve in curves:
-        if not curve:
-            continue
-        lines += [f"## {heading}", "", "| T | hIoU | mIoU | seen mIoU | unseen mIoU |",
-                  "|---|---|---|---|---|"]
-        lines += [f"| {row['temperature']:g} | " + " | ".join(
-            f"{row[key]:.4f}" if row[key] == row[key] else "—"
-            for key in ("hiou", "miou", "miou_seen", "miou_unseen")) + " |" for row in curve]
-        lines.append("")
+    for heading, curve in (("Validation curve (used to choose T)", result.validation_curve),
+                           ("Test curve (reported only, never used to choose T)",
+                            result.test_curve)):
+        if curve:
+            lines += [f"## {heading}", "", "| T | hIoU | mIoU | seen mIoU | unseen mIoU |",
+                      "|---|---|---|---|---|"]
+            lines += [f"| {row['temperature']:g} | " + " | ".join(
+                f"{row[key]:.4f}" if row[key] == row[key] else "—" for key in CURVE_KEYS)
+                + " |" for row in curve] + [""]
     return "\n".join(lines)

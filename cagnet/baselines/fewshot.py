@@ -1,19 +1,7 @@
-"""`cagnet fewshot`: new-class IoU against the number K of labelled images (shots), for CaGNet's
-extension and two baselines, over several random draws of the shot images.
-
-The recipe (keys documented in `experiments/shapes_fewshot.yaml`) names the base model's
-step-1 and finetune recipes and `add_classes`, classes of the recipe's split that the base
-model is trained without. Stages, cached like `cagnet compare`'s under <output-dir>/fewshot/:
-`cagnet/step1` and `cagnet/finetune` (the base model), `supervised` (step 1 with the added
-classes seen: the reference), and per method, K and draw d `<method>/k<K>_draw<d>`: `cagnet`
-(`cagnet extend` with the shots; K = 0 is the zero-shot extension, one draw),
-`pixel_classifier` and `synthesised_labels` (`cagnet.baselines.shots`). Shots are K images of
-the training list, never of the test list, that hold an added class: the first K of draw d's
-permutation (draws are nested). Every model is evaluated on the test list with the full split
-(the base model's seen and unseen classes, then the added ones, unseen).
-"""
-
-from __future__ import annotations
+"""`cagnet fewshot`: new-class IoU against the number K of labelled training images (shots) for
+CaGNet's extension and two baselines (`shots.py`), over random draws of the shot images; stages
+are cached like `cagnet compare`'s, under <output-dir>/fewshot/ (recipe keys documented in
+`experiments/shapes_fewshot.yaml`)."""
 
 import dataclasses
 import hashlib
@@ -24,23 +12,21 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
-import yaml
 
 from cagnet.baselines.compare import methods
 from cagnet.baselines.compare.pipeline import ComparePipeline
-from cagnet.baselines.compare.recipe import CompareRecipe, StageRecipe, _recipe_file, \
-    _string_list
+from cagnet.baselines.compare.recipe import (CompareRecipe, StageRecipe, _recipe_file,
+                                             _string_list, read_mapping)
 from cagnet.baselines.shots import (ExtensionSettings, PixelSettings, add_unseen_classes,
                                     extend_with_shots, finetune_classifier, frozen_maps,
-                                    merge_pools, pool_of, replay_pool,
-                                    synthesise_labels, train_pixel_classifier)
+                                    merge_pools, pool_of, replay_pool, synthesise_labels,
+                                    train_pixel_classifier)
 from cagnet.datasets.benchmarks import read_dataset_label
 from cagnet.datasets.build import build_benchmark, build_dataset, build_eval_loader, build_split
 from cagnet.datasets.splits import ClassSplit
 from cagnet.engine.checkpoint import LoadedModel, load_model
 from cagnet.engine.evaluate import evaluate_and_report
 from cagnet.engine.protocol import describe_protocol
-from cagnet.engine.trainer import train
 from cagnet.errors import ConfigError, DataError
 from cagnet.report.curves import curve_chart
 from cagnet.report.pictures import write_png
@@ -80,13 +66,7 @@ def _settings(kind: type, value: Any, where: str):
 def read_fewshot_recipe(path: str | Path) -> FewShotRecipe:
     """Read and check a few-shot recipe; errors name the file and the key."""
     path = Path(path)
-    try:
-        content = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except (OSError, yaml.YAMLError, UnicodeDecodeError) as error:
-        raise ConfigError(f"few-shot recipe {path} unreadable: {str(error)[:200]}") from None
-    unknown = sorted(set(map(str, content)) - set(KEYS)) if isinstance(content, dict) else ["?"]
-    if unknown:
-        raise ConfigError(f"{path}: unknown key {unknown[0]!r}; valid keys: {', '.join(KEYS)}")
+    content = read_mapping(path, KEYS, "few-shot recipe")
     names, numbers = content.get("add_classes"), [content.get(k, 0) for k in KEYS[4:6]]
     if not names or not isinstance(names, list) or not all(isinstance(n, str) for n in names) \
             or not all(isinstance(n, int) for n in numbers):
@@ -122,7 +102,11 @@ def _statistics(values: Sequence[float | None]) -> dict:
 
 
 class FewShotExperiment:
-    """The base model, the splits, the data and the stages of one few-shot run."""
+    """The base model, the splits, the data and the stages of one few-shot run. Stages:
+    `cagnet/step1` and `cagnet/finetune` (the base model, trained without `add_classes`),
+    `supervised` (step 1 with them seen: the reference) and `<method>/k<K>_draw<d>`. Every
+    model is evaluated on the test list with the base model's seen and unseen classes, then the
+    added ones (unseen)."""
 
     def __init__(self, recipe: FewShotRecipe, pipeline: ComparePipeline) -> None:
         self.recipe, self.pipeline = recipe, pipeline
@@ -169,14 +153,7 @@ class FewShotExperiment:
             len(self.base.model_ids):], self.base.unseen_ids)
         config = self.pipeline.config("supervised", "baseline.method=cagnet",
                                       f"data.split={self._split_file('supervised', split)}")
-        run_dir = self.pipeline.work / "supervised"
-
-        def action() -> tuple:
-            result = train(config, run_dir, overwrite=True,
-                           show_progress=self.pipeline.show_progress)
-            return result.checkpoint, result.scores, {}
-
-        ious = self.pipeline.stage("supervised", run_dir, config, {}, action).scores["iou"]
+        ious = methods.train_stage(self.pipeline, "supervised", config).scores["iou"]
         return _statistics(ious[self.base.num_seen:split.num_seen])["mean"]
 
     def shots(self, count: int, draw: int) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
@@ -195,7 +172,8 @@ class FewShotExperiment:
             lookup[read_dataset_label(self.train_set, i)]).long()) for i in indices]
 
     def stage(self, method: str, count: int, draw: int):
-        """One method at one K and draw: run (or reuse) it and evaluate."""
+        """One method at one K and draw (K = 0: CaGNet's zero-shot extension): run (or reuse)
+        it and evaluate."""
         shots = self.shots(count, draw)
         signature = {"method": method, "shots": [name for name, _, _ in shots], "draw": draw,
                      "extension": dataclasses.asdict(self.recipe.extension),
@@ -257,9 +235,7 @@ class FewShotExperiment:
         kept, diagnostics = synthesise_labels(
             model, ensemble, self.train_set, order[:settings.label_images].tolist(), settings,
             draw, self.split.test_lookup(), self.added, self.device)
-        finetune_classifier(model, segmenter, ExtensionSettings(
-            iterations=settings.iterations, lr=settings.lr, seed=draw,
-            real_pixels=settings.real_pixels), self.device, pool=kept)
+        finetune_classifier(model, segmenter, settings.finetune(draw), self.device, pool=kept)
         return {"synthesised_labels": diagnostics}
 
 
@@ -323,7 +299,5 @@ def _write(out_dir: Path, document: dict) -> None:
                       .get("mean") for k in shots] for method, label in METHODS.items()}
     series["zero-shot (reference)"] = [references["zero_shot_cagnet"]] * len(shots)
     series["supervised (reference)"] = [references["supervised"]] * len(shots)
-    write_png(out_dir / "fewshot.png", curve_chart(
-        shots, {name: [np.nan if v is None else v for v in values]
-                for name, values in series.items()}, "new-class IoU against K labelled images",
-        "K (shots)"))
+    write_png(out_dir / "fewshot.png", curve_chart(  # curve_chart skips missing (None) points
+        shots, series, "new-class IoU against K labelled images", "K (shots)"))

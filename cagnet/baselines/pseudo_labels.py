@@ -1,26 +1,10 @@
-"""Self-training pseudo-labels (method.md §5): rules on logits, and the pseudo-label folder.
-
-Which pixels may be pseudo-labelled: exactly those whose TRAINING label is 255 (the original
-CaGNet code's rule). Under the SPNet / CaGNet protocol that is background (VOC's background is
-not a class), void, and the pixels of unseen objects; seen-class pixels keep their label.
-Background is therefore pseudo-labelled too, as in the original; nothing here reads the true
-unseen labels (the training lookup has already turned them into 255).
-
-Rules, on logits (B, K, H, W) in model class order (seen 0..S-1, unseen S..K-1):
-
-- `top_p_rule` (CaGNet): a pixel gets the best-ranked unseen class if one is among its top-p
-  predicted classes, else stays 255.
-- `top_percent_rule` (ZS3Net): among the pixels whose prediction (argmax) is an unseen class,
-  the `percent` % most confident ones of each image (softmax probability of that class) keep it.
-
-`write_pseudo_labels` runs a model over the training images (warped like test images, logits
-bilinearly upsampled to the label's resolution) and writes `<id>.png` maps in DATASET ids
-(seen ids, pseudo-labelled unseen ids, 255) for `data.pseudo_label_dir`.
+"""Self-training pseudo-labels (method.md §5): the rules on logits and the pseudo-label folder.
+Only pixels whose TRAINING label is 255 are candidates (the original code's rule): background,
+void and unseen objects, whose true labels are never read (the training lookup made them 255).
 """
 
-from __future__ import annotations
-
 import math
+from functools import partial
 from pathlib import Path
 from typing import Callable
 
@@ -28,24 +12,22 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader
 
 from cagnet.config import Config
 from cagnet.datasets import benchmarks
-from cagnet.datasets.build import build_dataset
+from cagnet.datasets.build import build_eval_loader
 from cagnet.datasets.label_sources import encode_index_png
-from cagnet.datasets.segmentation import collate_samples
-from cagnet.datasets.splits import ClassSplit
+from cagnet.datasets.splits import IGNORE_INDEX, ClassSplit
 from cagnet.utils.io import atomic_write_bytes, atomic_write_json
 
-IGNORE_INDEX = 255
 Rule = Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]
 
 
 def top_p_rule(logits: torch.Tensor, train_labels: torch.Tensor, num_seen: int,
                top_p: int) -> torch.Tensor:
-    """CaGNet's rule. logits (B, K, H, W), train_labels (B, H, W) (0..S-1 or 255) ->
-    labels (B, H, W): seen labels kept; 255 pixels get S..K-1 or stay 255."""
+    """CaGNet's rule. logits (B, K, H, W), train_labels (B, H, W) (0..S-1 or 255) -> labels
+    (B, H, W): seen labels kept; a 255 pixel gets the best-ranked unseen class (S..K-1) when one
+    is among its top-p predicted classes, else stays 255."""
     top = logits.topk(min(top_p, logits.shape[1]), dim=1).indices  # (B, p, H, W), best first
     is_unseen = top >= num_seen
     first = is_unseen.float().argmax(dim=1, keepdim=True)  # rank of the best unseen class
@@ -77,15 +59,11 @@ def rule_from_config(method: str, config: Config) -> tuple[Rule, str]:
     """The rule of `method` ("cagnet": top-p, "zs3net": top-p %) with its parameter from
     `config.self_training`, and a description for the protocol."""
     settings = config.self_training
-    rules = {
-        "cagnet": (lambda logits, labels, seen: top_p_rule(logits, labels, seen,
-                                                          settings.top_p),
-                   f"best-ranked unseen class when among the top {settings.top_p} predictions"),
-        "zs3net": (lambda logits, labels, seen: top_percent_rule(logits, labels, seen,
-                                                                settings.top_percent),
-                   f"top {settings.top_percent:g} % most confident unseen predictions per "
-                   "image"),
-    }
+    rules = {"cagnet": (partial(top_p_rule, top_p=settings.top_p), "best-ranked unseen class "
+                        f"when among the top {settings.top_p} predictions"),
+             "zs3net": (partial(top_percent_rule, percent=settings.top_percent),
+                        f"top {settings.top_percent:g} % most confident unseen predictions per "
+                        "image")}
     if method not in rules:
         raise KeyError(f"no self-training rule for {method!r}; valid: {', '.join(rules)}")
     return rules[method]
@@ -93,23 +71,17 @@ def rule_from_config(method: str, config: Config) -> tuple[Rule, str]:
 
 @torch.no_grad()
 def write_pseudo_labels(model: nn.Module, config: Config, split: ClassSplit, rule: Rule,
-                        out_dir: str | Path, device: torch.device,
-                        diagnostics: bool = True) -> dict:
-    """Pseudo-label every training image into `out_dir/<id>.png`; returns (and writes as
-    `summary.json`) the pixel counts per class. With `diagnostics`, the true labels are read
-    AFTER each map is written, to report where each class's pseudo-labels fell (its own
-    objects, other objects, background / void); they are never used for training."""
+                        out_dir: str | Path, device: torch.device) -> dict:
+    """Pseudo-label every training image (warped like a test image, logits upsampled to its
+    label) into `out_dir/<id>.png` in DATASET ids (for `data.pseudo_label_dir`); returns (and
+    writes as `summary.json`) the pixel counts per class and, read from the true labels AFTER
+    each map is written, where they fell (own objects, other objects, background / void)."""
+    num_classes, test_lookup = len(split.model_ids), split.test_lookup()
     to_dataset_ids = np.full(256, IGNORE_INDEX, dtype=np.uint8)
-    to_dataset_ids[:len(split.model_ids)] = split.model_ids
-    test_lookup = split.test_lookup()
-    num_classes = len(split.model_ids)
+    to_dataset_ids[:num_classes] = split.model_ids
     # rows: pseudo-labelled class; columns: true class 0..K-1, then background / void
     where = np.zeros((num_classes, num_classes + 1), dtype=np.int64)
-    # Training images warped like test images, labels through the TRAINING lookup.
-    loader = DataLoader(build_dataset(config.data, split, config.train.seed, "train",
-                                      eval_warp=config.eval.warp_size),
-                        batch_size=config.eval.batch_size, shuffle=False,
-                        num_workers=config.data.num_workers, collate_fn=collate_samples)
+    loader = build_eval_loader(config, split, "train")  # labels through the TRAINING lookup
     position = 0  # the loader is not shuffled: dataset index of the next sample
     model.eval()
     for batch in loader:
@@ -121,33 +93,26 @@ def write_pseudo_labels(model: nn.Module, config: Config, split: ClassSplit, rul
             pseudo = ((train_label == IGNORE_INDEX) & (labels != IGNORE_INDEX)).numpy()
             atomic_write_bytes(Path(out_dir) / f"{image_id}.png",
                                encode_index_png(to_dataset_ids[labels.numpy()]))
-            truth = np.full(pseudo.shape, num_classes, dtype=np.int64)
-            if diagnostics:
-                truth = test_lookup[benchmarks.read_dataset_label(loader.dataset, position)]
-                truth = np.where(truth == IGNORE_INDEX, num_classes, truth).astype(np.int64)
+            truth = test_lookup[benchmarks.read_dataset_label(loader.dataset, position)]
+            truth = np.where(truth == IGNORE_INDEX, num_classes, truth).astype(np.int64)
             np.add.at(where, (labels.numpy()[pseudo], truth[pseudo]), 1)
             position += 1
-    summary = _pseudo_label_summary(where, split.model_class_names, split.num_seen, diagnostics)
+    summary = _pseudo_label_summary(where, split.model_class_names, split.num_seen)
     atomic_write_json(Path(out_dir) / "summary.json", summary)
     return summary
 
 
-def _pseudo_label_summary(where: np.ndarray, names: list[str], num_seen: int,
-                          diagnostics: bool) -> dict:
-    """Counts per pseudo-labelled class; with diagnostics, where they fell and the precision
-    on object pixels (background / void excluded)."""
+def _pseudo_label_summary(where: np.ndarray, names: list[str], num_seen: int) -> dict:
+    """Counts per pseudo-labelled class, where they fell and the precision on object pixels
+    (background / void excluded)."""
     unseen = range(num_seen, len(names))
-    summary: dict = {
-        "pseudo_labelled_pixels": {names[k]: int(where[k].sum()) for k in unseen},
-        "total_pseudo_labelled_pixels": int(where.sum()),
-    }
-    if diagnostics:
-        summary["diagnostics"] = {names[k]: {
-            "on_its_own_objects": int(where[k, k]),
-            "on_other_objects": int(where[k, :-1].sum() - where[k, k]),
-            "on_background_or_void": int(where[k, -1]),
-            "object_precision": (float(where[k, k] / where[k, :-1].sum())
-                                 if where[k, :-1].sum() else None)} for k in unseen}
-        summary["note"] = ("diagnostics compare the pseudo-labels with the hidden true labels "
-                           "after they were written; they are never used for training")
-    return summary
+    return {"pseudo_labelled_pixels": {names[k]: int(where[k].sum()) for k in unseen},
+            "total_pseudo_labelled_pixels": int(where.sum()),
+            "diagnostics": {names[k]: {
+                "on_its_own_objects": int(where[k, k]),
+                "on_other_objects": int(where[k, :-1].sum() - where[k, k]),
+                "on_background_or_void": int(where[k, -1]),
+                "object_precision": (float(where[k, k] / where[k, :-1].sum())
+                                     if where[k, :-1].sum() else None)} for k in unseen},
+            "note": ("diagnostics compare the pseudo-labels with the hidden true labels after "
+                     "they were written; they are never used for training")}

@@ -1,21 +1,6 @@
-"""Self-training runs: CaGNet's trainer on pseudo-labelled training data (method.md §5).
-
-`self_training.labelling`:
-- `online` (the original's `st` phase): every step-1 batch is labelled by the CURRENT model
-  just before its update: an eval-mode forward of the augmented crops, then the top-p rule on
-  the feature grid for the pixels whose training label is 255; the batch trains with those
-  grid labels. The original then runs its `st_mixed` phase, a plain finetune (seen labels
-  only) from the result (`cagnet compare` chains both).
-- `offline`: the labels are computed once, at label resolution, by `pseudo_labels.py` into
-  `data.pseudo_label_dir` (unseen pixels mapped to S..K-1), and both phases train on them.
-
-`self_training.zero_embedding_for_pseudo_labels: true` (the original) conditions the generator
-on a zero vector for pseudo-labelled pixels (its step-1 condition table held only the seen
-classes): the unseen rows of the model's embedding buffer are zero for the duration of each
-step-1 iteration and restored right after; step-2 iterations keep the real embeddings.
-"""
-
-from __future__ import annotations
+"""Self-training runs (method.md §5): CaGNet's trainer on pseudo-labelled step-1 batches, labelled
+online by the current model (the original's `st` phase) or read from `data.pseudo_label_dir`
+(`offline`, written by `pseudo_labels.py`)."""
 
 import contextlib
 from pathlib import Path
@@ -48,7 +33,10 @@ def zero_unseen_conditions(model: CaGNet) -> Iterator[None]:
 
 
 class SelfTraining(trainer.CaGNetTraining):
-    """CaGNet training whose step-1 batches carry pseudo-labels (see the module docstring)."""
+    """CaGNet training whose step-1 batches carry pseudo-labels: `online`, each batch labelled
+    by the current model just before its update (`online_labels`); with
+    `zero_embedding_for_pseudo_labels` (the original, whose step-1 condition table held only
+    the seen classes) the generator sees zero vectors for unseen labels during step 1."""
 
     def step(self, iteration: int, batch: dict | None) -> dict[str, float]:
         settings = self.settings.self_training
@@ -64,7 +52,7 @@ class SelfTraining(trainer.CaGNetTraining):
     @torch.no_grad()
     def online_labels(self, batch: dict) -> torch.Tensor:
         """(b, h, w) grid labels: the batch's own labels, resized (nearest) to the feature
-        grid, with the current model's top-p unseen class on the ignored pixels."""
+        grid, with the current model's (eval-mode) top-p unseen class on the ignored pixels."""
         self.model.eval()
         logits = self.model.segment(self.execution.images_to_device(batch["image"])).float()
         labels = losses.resize_labels(batch["label"].to(logits.device), logits.shape[-2:])
@@ -72,8 +60,7 @@ class SelfTraining(trainer.CaGNetTraining):
 
 
 def train_self_training(config: Config, run_dir: str | Path, init_checkpoint: str | Path, *,
-                        overwrite: bool = False, show_progress: bool = True
-                        ) -> TrainResult:
+                        overwrite: bool = False, show_progress: bool = True) -> TrainResult:
     """Step 1 or the mixed finetune (`config.train.stage`) on pseudo-labels (online, or from
     `data.pseudo_label_dir`), starting from `init_checkpoint`."""
     if config.self_training.labelling == "offline" and not config.data.pseudo_label_dir:

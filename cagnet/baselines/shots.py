@@ -1,28 +1,8 @@
-"""Learning classes from a few labelled images ("shots") on the frozen network's pixel features.
-
-A shots folder (`cagnet extend --shots DIR`; `cagnet fewshot` writes one per draw) holds
-`class_names.txt` (line i names mask value i: a class of the model or an added one),
-`images/<id>.<ext>` and `masks/<id>.png` (index PNGs, 255 = unlabelled; old classes may be
-labelled too). Images are warped like test images and pass once through the frozen backbone and
-contextual module (`features(..., sample_latent=False)`); masks are nearest-resized to the grid.
-
-`ClassifierFinetune` (a method of the one loop) trains a classifier from three sources:
-generated features of every class, drawn as in a step-2 iteration (`classifier_step`; the
-generator optionally first adapted to the shots with the content loss); the real shot pixels;
-and real seen-class pixels replayed from the model's training images (`replay_pool`). The real
-pixels form one pool sampled class-balanced, so K shots of a new class weigh as much as
-thousands of replayed pixels; each iteration steps on the generated batch, then on the real
-one weighted `real_weight` (1: both losses are means, so both sources have an equal say).
-Generated features keep the unseen classes that have no image; real pixels anchor the new ones
-and keep the seen ones from drifting towards the generator's version of them. Without shots
-only the generated source runs: `cagnet extend` as it always was.
-
-The few-shot baselines train fresh per-pixel MLPs on the same pool (RepurposeGAN's one-shot
-recipe); an ensemble of them labels unlabelled images, and the pixels it disagrees on least
-(Jensen-Shannon) train the segmenter's classifier (DatasetGAN's distillation).
+"""Learning classes from a few labelled images ("shots") on the frozen network's pixel features:
+shots folders, pools of real pixels, `ClassifierFinetune` (generated features + class-balanced
+real pixels, `cagnet extend`) and the few-shot baselines: per-pixel MLPs (RepurposeGAN) and
+their ensemble's least-disputed labels on unlabelled images, distilled (DatasetGAN).
 """
-
-from __future__ import annotations
 
 import dataclasses
 import logging
@@ -41,7 +21,7 @@ from cagnet.baselines.zs3net import sample_class_pixels
 from cagnet.config import LossConfig
 from cagnet.datasets.benchmarks import read_dataset_label
 from cagnet.datasets.images import read_image_bgr, read_label
-from cagnet.datasets.splits import read_class_names
+from cagnet.datasets.splits import IGNORE_INDEX, read_class_names
 from cagnet.datasets.transforms import EvalTransform
 from cagnet.engine import loop
 from cagnet.engine.checkpoint import LoadedModel
@@ -52,14 +32,13 @@ from cagnet.errors import DataError, EmbeddingError
 from cagnet.models.discriminator import Discriminator
 
 LOGGER = logging.getLogger("cagnet")
-IGNORE_INDEX = 255
 Shot = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # feature, latent, grid labels
 
 
 @dataclass
 class ExtensionSettings:
     """The classifier finetuning of `cagnet extend` (None = the checkpoint's
-    `train.batch_size` / `train.gen_unseen_rate`) and its shots (see the module docstring)."""
+    `train.batch_size` / `train.gen_unseen_rate`) and its shots (`ClassifierFinetune`)."""
 
     iterations: int = 300
     lr: float = 1e-3
@@ -87,11 +66,18 @@ class PixelSettings:
     pixels_per_image: int = 256
     keep_fraction: float = 0.5
 
+    def finetune(self, seed: int) -> ExtensionSettings:
+        """The classifier training of one MLP (or of the distillation) on real pixels."""
+        return ExtensionSettings(iterations=self.iterations, lr=self.lr, seed=seed,
+                                 real_pixels=self.real_pixels)
+
 
 def read_shots(folder: str | Path, class_names: Sequence[str], mean_bgr: Sequence[float],
                warp_size: int) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
-    """(id, image (3, warp, warp), labels (H, W) as indices into `class_names`) per mask of a
-    shots folder (layout in the module docstring)."""
+    """(id, image (3, warp, warp) warped like test images, labels (H, W) as indices into
+    `class_names`) per mask of a shots folder: `class_names.txt` (line i names mask value i, a
+    class of the model or an added one), `images/<id>.<ext>`, `masks/<id>.png` (index PNGs,
+    255 = unlabelled)."""
     folder = Path(folder)
     names = read_class_names(folder / "class_names.txt")
     unknown = [name for name in names if name not in class_names]
@@ -177,14 +163,17 @@ def replay_pool(model: nn.Module, dataset: Dataset, count: int, seed: int,
                     for sample in samples), 128, generator)
 
 
-def grow_classifier(discriminator: nn.Module, num_new: int) -> None:
-    """Give the classification head `num_new` more real-class outputs, in place.
-
-    Rows 0..K-1 are copied, rows K..K+n-1 start as the mean of the old real-class rows (weight
-    and bias), and the extra logit (if any) moves from row K to row K + n.
-    """
-    old: nn.Conv2d = discriminator.classifier
-    num_classes = discriminator.num_classes
+def add_unseen_classes(model: nn.Module, rows: torch.Tensor) -> None:
+    """Append rows (n, E) to `model.class_embeddings` as unseen classes and grow the classifier
+    head in place: rows 0..K-1 copied, K..K+n-1 the mean of the old real-class rows (weight and
+    bias), the extra logit (if any) moved from row K to row K + n."""
+    embeddings = model.class_embeddings
+    if rows.dim() != 2 or rows.shape[1] != embeddings.shape[1]:
+        raise EmbeddingError(f"new class embeddings have shape {tuple(rows.shape)}, the model's "
+                             f"are {embeddings.shape[1]}-d")
+    model.class_embeddings = torch.cat([embeddings, rows.to(embeddings)], dim=0)
+    discriminator, num_new = model.discriminator, rows.shape[0]
+    old, num_classes = discriminator.classifier, discriminator.num_classes
     extra = int(discriminator.extra_logit)
     new = nn.Conv2d(old.in_channels, num_classes + num_new + extra, 1, bias=True)
     new.to(device=old.weight.device, dtype=old.weight.dtype)
@@ -198,20 +187,10 @@ def grow_classifier(discriminator: nn.Module, num_new: int) -> None:
     discriminator.num_classes = num_classes + num_new
 
 
-def add_unseen_classes(model: nn.Module, rows: torch.Tensor) -> None:
-    """Append rows (n, E) to `model.class_embeddings` as unseen classes and grow the
-    classifier (see `grow_classifier`)."""
-    embeddings = model.class_embeddings
-    if rows.dim() != 2 or rows.shape[1] != embeddings.shape[1]:
-        raise EmbeddingError(f"new class embeddings have shape {tuple(rows.shape)}, the model's "
-                             f"are {embeddings.shape[1]}-d")
-    model.class_embeddings = torch.cat([embeddings, rows.to(embeddings)], dim=0)
-    grow_classifier(model.discriminator, rows.shape[0])
-
-
 class ClassifierFinetune(loop.Method):
     """Train `trainable` (part or all of `model.discriminator`) on generated batches (`draw`)
-    and / or class-balanced real pixels (`pool`), after `settings.adapt_iterations` of
+    and / or real pixels (`pool`, sampled class-balanced: K shots of a new class weigh as much as
+    thousands of replayed ones; weighted `real_weight`), after `settings.adapt_iterations` of
     generator adaptation to `shots` with the `content` loss (kind, sigmas) when
     `settings.adapt_generator`. Other parameters keep their value (`requires_grad` restored)."""
 
@@ -232,8 +211,7 @@ class ClassifierFinetune(loop.Method):
         self.optimizers = {"classifier": torch.optim.Adam(trainable.parameters(), lr=settings.lr)}
         if self.adapt:
             model.generator.requires_grad_(True)
-            self.optimizers["generator"] = torch.optim.Adam(model.generator.parameters(),
-                                                            lr=1e-4)
+            self.optimizers["generator"] = torch.optim.Adam(model.generator.parameters(), lr=1e-4)
         self.cagnet_optimizers = Optimizers(None, self.optimizers["classifier"], None)
         self.loss = dataclasses.replace(LossConfig(), step2_discriminator_cls_fake=1.0,
                                         step2_generator_cls_fake=0.0)
@@ -297,8 +275,8 @@ def extend_with_shots(loaded: LoadedModel, names: Sequence[str], rows: torch.Ten
                       settings: ExtensionSettings, shots: Sequence[tuple] = (),
                       replay: PixelPool | None = None, show_progress: bool = False) -> dict:
     """Add `names` (embedding rows (n, E)) to a loaded CaGNet as unseen classes and finetune
-    its classifier head on generated features and on `shots` (`read_shots` output) and
-    `replay` (module docstring); the class list grows. Returns a summary."""
+    its classifier head on generated features, `shots` (`read_shots` output) and `replay`;
+    the class list grows. Returns a summary."""
     config, model, device = loaded.config, loaded.model, loaded.device
     class_names, pool = loaded.class_names + list(names), None
     summary: dict = {"classes_before": model.num_classes}
@@ -337,9 +315,7 @@ def train_pixel_classifier(model: nn.Module, pool: PixelPool, settings: PixelSet
     model.discriminator = Discriminator(
         old.trunk.conv.in_channels, old.trunk.conv.out_channels, old.num_classes,
         extra_logit=False, dropout=old.trunk.dropout.p).to(device)
-    finetune_classifier(model, model.discriminator, ExtensionSettings(
-        iterations=settings.iterations, lr=settings.lr, seed=seed,
-        real_pixels=settings.real_pixels), device, pool=pool)
+    finetune_classifier(model, model.discriminator, settings.finetune(seed), device, pool=pool)
     return model.discriminator
 
 

@@ -1,13 +1,8 @@
-"""Training SPNet (`baseline.method: spnet`, `cagnet/models/spnet.py`) as a method of the one
-loop, with CaGNet's data pipeline, optimiser groups, poly schedule, evaluator and report.
-
-Each iteration: the backbone runs at every `model.train_scales` scale (plus the max map), the
-features are projected onto the SEEN class embeddings and the cross-entropy is summed over the
-maps (`spnet_loss`); SGD with the backbone groups of method.md §3.3 (no contextual group) and
-poly decay. A non-finite loss skips the update and follows `train.on_nonfinite`.
+"""SPNet (`baseline.method: spnet`, `cagnet/models/spnet.py`) as a method of the one loop, with
+CaGNet's data pipeline, backbone optimiser groups (method.md §3.3, no contextual group), poly
+schedule and evaluator; and `BaselineTraining`, the part SPNet and ZS3Net share. A non-finite
+loss skips the update and follows `train.on_nonfinite`.
 """
-
-from __future__ import annotations
 
 from pathlib import Path
 from typing import Sequence
@@ -15,20 +10,17 @@ from typing import Sequence
 import torch
 
 from cagnet import losses
-from cagnet.config import Config, config_to_dict, save_config
-from cagnet.datasets.build import (Benchmark, build_benchmark, build_dataset, build_eval_loader,
-                                   with_absolute_paths)
+from cagnet.config import Config
+from cagnet.datasets.build import Benchmark, build_benchmark, build_eval_loader, with_absolute_paths
 from cagnet.engine import loop
 from cagnet.engine.checkpoint import load_backbone_init
-from cagnet.engine.evaluate import evaluate_and_report
 from cagnet.engine.execution import Execution
 from cagnet.engine.optim import backbone_optimizer
-from cagnet.engine.protocol import protocol_card
 from cagnet.engine.schedules import poly_lr
+from cagnet.engine.trainer import BenchmarkTraining
 from cagnet.errors import ConfigError
 from cagnet.models.build import build_spnet
 from cagnet.models.spnet import SPNet
-from cagnet.utils.io import atomic_write_json
 from cagnet.utils.runtime import RunLog, apply_run_settings, resolve_device
 
 
@@ -36,38 +28,51 @@ def spnet_loss(model: SPNet, features: Sequence[torch.Tensor],
                labels: torch.Tensor) -> torch.Tensor:
     """Cross-entropy over the seen classes, SUMMED over the multi-scale maps (SPNet's
     objective; CaGNet averages). features: (B, E, h_s, w_s) maps; labels (B, H, W) with
-    0..S-1 or 255 (nearest-resized to each map). An unseen-class label would be out of range
-    for the S seen logits and raises."""
+    0..S-1 or 255 (nearest-resized to each map). An unseen-class label raises."""
     terms = [losses.classification_loss(
         model.seen_logits(feature), losses.resize_labels(labels, feature.shape[-2:]))
         for feature in features]
     return torch.stack(terms).sum()
 
 
-class SPNetTraining(loop.Method):
+def start_baseline(config: Config, method: str) -> tuple[Config, torch.device, Benchmark]:
+    """Check `baseline.method`; returns the config with absolute paths, the device and the
+    benchmark, after applying the run settings (threads, seed, determinism)."""
+    if config.baseline.method != method:
+        raise ConfigError(f"baseline.method: train_{method} needs '{method}', got "
+                          f"{config.baseline.method!r}")
+    config = with_absolute_paths(config)
+    device = resolve_device(config.train.device)
+    apply_run_settings(config.train.threads, config.train.seed, config.train.deterministic)
+    return config, device, build_benchmark(config)
+
+
+class BaselineTraining(BenchmarkTraining):
+    """SPNet's and ZS3Net's common part: training data, run files and the final evaluation
+    (titled `report_title`, formatted with `iterations`)."""
+
+    report_title = ""
+
+    def evaluate(self, report_dir: Path | None, log: RunLog) -> dict:
+        config = self.settings
+        title = self.report_title.format(iterations=config.train.iterations)
+        return self._evaluate(report_dir, f"{config.name}: {title}",
+                              build_eval_loader(config, self.benchmark.split))
+
+
+class SPNetTraining(BaselineTraining):
     """SPNet's backbone trained on the seen classes (see the module docstring)."""
 
-    name = "spnet"
+    name, report_title = "spnet", "SPNet after {iterations} iterations"
 
     def __init__(self, config: Config, benchmark: Benchmark, model: SPNet,
                  execution: Execution) -> None:
-        self.settings, self.benchmark, self.model = config, benchmark, model
-        self.execution = execution
-        self.config = config_to_dict(config)
-        self.class_names = benchmark.split.model_class_names
-        self.num_seen = benchmark.split.num_seen
+        super().__init__(config, benchmark, model, execution)
         self.optimizers = {"backbone": backbone_optimizer(model.backbone, None, config.optim)}
-        self.dataset = build_dataset(config.data, benchmark.split, config.train.seed)
-        self.num_workers = config.data.num_workers
 
     def initialise(self) -> None:
         if self.settings.model.init:
             load_backbone_init(self.model, self.settings.model.init)
-
-    def write_run_files(self, run_dir: Path) -> None:
-        save_config(self.settings, run_dir / "config.yaml")
-        atomic_write_json(run_dir / "protocol.json", protocol_card(
-            self.settings, self.benchmark.split, self.benchmark.embedding_dim))
 
     def set_learning_rates(self, iteration: int) -> dict[str, float]:
         optim, train = self.settings.optim, self.settings.train
@@ -89,32 +94,17 @@ class SPNetTraining(loop.Method):
         optimizer.zero_grad(set_to_none=True)
         if not torch.isfinite(loss):
             return {"cls_seen": value, "skipped": 1.0}
-        scaler = execution.scaler
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
+        execution.scaler.scale(loss).backward()
+        execution.scaler.step(optimizer)
+        execution.scaler.update()
         return {"cls_seen": value, "skipped": 0.0}
-
-    def evaluate(self, report_dir: Path | None, log: RunLog) -> dict:
-        config, split = self.settings, self.benchmark.split
-        card = protocol_card(config, split, self.benchmark.embedding_dim)
-        return evaluate_and_report(self.model, build_eval_loader(config, split), config.eval,
-                                   split, card, self.execution.device, report_dir,
-                                   f"{config.name}: SPNet after {config.train.iterations} "
-                                   "iterations", self.execution.autocast)
 
 
 def train_spnet(config: Config, run_dir: str | Path, *, resume: bool = False,
                 overwrite: bool = False, show_progress: bool = True) -> loop.TrainResult:
     """Train SPNet into `run_dir` (config.yaml, protocol.json, log.jsonl, checkpoints/) and
     evaluate it (metrics.json, report.md); `resume` continues from the newest checkpoint."""
-    if config.baseline.method != "spnet":
-        raise ConfigError(f"baseline.method: train_spnet needs 'spnet', got "
-                          f"{config.baseline.method!r}")
-    config = with_absolute_paths(config)
-    device = resolve_device(config.train.device)
-    apply_run_settings(config.train.threads, config.train.seed, config.train.deterministic)
-    benchmark = build_benchmark(config)
+    config, device, benchmark = start_baseline(config, "spnet")
     model = build_spnet(config.model, benchmark.class_embeddings, benchmark.split.num_seen,
                         config.data.mean_bgr)
     execution = Execution.single(device, config.train.batch_size, config.train.amp)

@@ -1,6 +1,3 @@
-"""One module per `cagnet` subcommand (or group of subcommands).
-
-Each module defines `add_parser(commands)`, which adds its parser(s) to the argparse
-subparsers and sets `handler=run` on them, and `run(arguments) -> int`. Modules import torch and
-the engine inside `run`, so `cagnet --help` stays instant.
-"""
+"""One module per `cagnet` subcommand (or group): `add_parser(commands)` adds its parser(s) with
+a handler, `run(arguments) -> int` does the work, importing torch and the engine only then so that
+`cagnet --help` stays instant."""

@@ -1,7 +1,4 @@
-"""`cagnet calibrate`: sweep the calibration constant T of any checkpoint, pick T on held-out
-validation classes (or apply a given T), and report the calibrated model."""
-
-from __future__ import annotations
+"""`cagnet calibrate`: calibrated stacking of any checkpoint, T picked on validation classes."""
 
 import argparse
 
@@ -14,7 +11,7 @@ def add_parser(commands) -> None:
         "probabilities, T chosen on validation classes", """
 cagnet calibrate --checkpoint runs/spnet/checkpoints/last.pt \\
     --validation-checkpoint runs/spnet_validation/checkpoints/last.pt
-cagnet calibrate --checkpoint runs/spnet/checkpoints/last.pt --temperature 0.6""")
+cagnet calibrate --checkpoint runs/spnet/checkpoints/last.pt --temperature 0.6""", run)
     parser.add_argument("--checkpoint", required=True, help="the model to calibrate (a "
                         "checkpoint file of any method)")
     choice = parser.add_mutually_exclusive_group(required=True)
@@ -30,14 +27,12 @@ cagnet calibrate --checkpoint runs/spnet/checkpoints/last.pt --temperature 0.6""
     parser.add_argument("--output-dir", default=None, help="where the calibrated metrics and "
                         "report go (default: calibration_<checkpoint> beside the run's "
                         "checkpoints folder)")
-    parser.set_defaults(handler=run)
 
 
 def run(arguments: argparse.Namespace) -> int:
     from cagnet.baselines.calibration import parse_values
     from cagnet.baselines.calibration_run import calibrate_checkpoints
     from cagnet.report.tables import format_scores_line
-
     result, out_dir = calibrate_checkpoints(
         arguments.checkpoint, parse_values(arguments.values),
         validation_checkpoint=arguments.validation_checkpoint,

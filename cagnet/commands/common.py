@@ -1,34 +1,50 @@
-"""Arguments shared by several subcommands: the recipe and its overrides, the device, and the
-new classes of `cagnet extend` / `cagnet predict --add-classes`."""
-
-from __future__ import annotations
+"""Arguments shared by several subcommands: the recipe and its overrides, a run directory, the
+device, and the new classes of `cagnet extend` / `cagnet predict --add-classes`."""
 
 import argparse
 
 from cagnet.errors import CagnetError
 
+EXTENSION_SETTINGS = ("iterations", "lr", "batch_size", "unseen_rate", "seed", "shots",
+                      "replay_images", "real_weight", "adapt_generator")
 
-def add_command(commands, name: str, help_text: str, examples: str,
+
+def add_command(commands, name: str, help_text: str, examples: str, handler=None,
                 **options) -> argparse.ArgumentParser:
-    """A subcommand parser whose --help ends with usage examples (lines of `examples`;
-    `options` go to `add_parser`)."""
-    return commands.add_parser(name, help=help_text, description=help_text,
-                               epilog="examples:\n" + "\n".join(
-                                   f"  {line}" for line in examples.strip().splitlines()),
-                               formatter_class=argparse.RawDescriptionHelpFormatter, **options)
+    """A subcommand parser that runs `handler` and whose --help ends with `examples` (one per
+    line); `options` go to `add_parser`."""
+    epilog = "examples:\n" + "\n".join(f"  {line}" for line in examples.strip().splitlines())
+    parser = commands.add_parser(name, help=help_text, description=help_text, epilog=epilog,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter, **options)
+    if handler:
+        parser.set_defaults(handler=handler)
+    return parser
+
+
+def add_overrides_argument(parser: argparse.ArgumentParser, help_text: str = "override a "
+                           "config value, e.g. --set train.iterations=100 (repeatable)") -> None:
+    parser.add_argument("--set", dest="overrides", action="append", default=[],
+                        metavar="KEY=VALUE", help=help_text)
 
 
 def add_config_arguments(parser: argparse.ArgumentParser, required: bool = True) -> None:
     parser.add_argument("--config", required=required, help="recipe: an installed recipe's "
                         "name (`cagnet recipes`) or a YAML file")
-    parser.add_argument("--set", dest="overrides", action="append", default=[],
-                        metavar="KEY=VALUE", help="override a config value, e.g. "
-                        "--set train.iterations=100 (repeatable)")
+    add_overrides_argument(parser)
+
+
+def add_run_arguments(parser: argparse.ArgumentParser, output_help: str) -> None:
+    """The recipe, its overrides, --output-dir, --resume and --overwrite of a training run."""
+    add_config_arguments(parser)
+    parser.add_argument("--output-dir", required=True, help=output_help)
+    parser.add_argument("--resume", action="store_true",
+                        help="continue from the newest valid checkpoint in --output-dir")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="start over in a run directory that holds checkpoints")
 
 
 def add_extension_arguments(parser: argparse.ArgumentParser, required: bool) -> None:
-    """The new classes, their embedding source and the short classifier finetuning (shared
-    with `cagnet predict`)."""
+    """The new classes, their embedding source and the short classifier finetuning."""
     parser.add_argument("--add-classes", required=required, metavar="NAMES",
                         help='comma-separated new class names, e.g. "zebra,giraffe"')
     parser.add_argument("--word-vectors", action="append", default=[], metavar="PATH",
@@ -63,7 +79,6 @@ def add_extension_arguments(parser: argparse.ArgumentParser, required: bool) -> 
 
 
 def add_device_arguments(parser: argparse.ArgumentParser) -> None:
-    """--device and --threads (shared with `cagnet predict`)."""
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     parser.add_argument("--threads", type=int, default=0, help="CPU threads of PyTorch (0 = its "
                         "default; 1 is fastest for the small shapes model on a busy CPU)")
@@ -74,7 +89,6 @@ def resolve_runtime(arguments: argparse.Namespace):
     import torch
 
     from cagnet.utils.runtime import resolve_device
-
     if arguments.threads < 0:
         raise CagnetError(f"--threads: expected >= 0, got {arguments.threads}")
     if arguments.threads:
@@ -83,10 +97,8 @@ def resolve_runtime(arguments: argparse.Namespace):
 
 
 def extension_inputs(arguments: argparse.Namespace):
-    """(word-vector sources as (kind, path) pairs, embeddings file, settings) from the
-    arguments, checked."""
+    """(word-vector sources as (kind, path) pairs, embeddings file, ExtensionSettings), checked."""
     from cagnet.inference.extend import ExtensionSettings
-
     paths, kinds = arguments.word_vectors, arguments.word_vectors_kind
     if kinds and len(kinds) not in (1, len(paths)):
         raise CagnetError(f"--word-vectors-kind given {len(kinds)} times for {len(paths)} "
@@ -97,10 +109,5 @@ def extension_inputs(arguments: argparse.Namespace):
         raise CagnetError("--iterations must be >= 0 and --batch-size >= 1")
     if arguments.replay_images < 0 or arguments.real_weight < 0:
         raise CagnetError("--replay-images and --real-weight must be >= 0")
-    settings = ExtensionSettings(iterations=arguments.iterations, lr=arguments.lr,
-                                 batch_size=arguments.batch_size,
-                                 unseen_rate=arguments.unseen_rate, seed=arguments.seed,
-                                 shots=arguments.shots, replay_images=arguments.replay_images,
-                                 real_weight=arguments.real_weight,
-                                 adapt_generator=arguments.adapt_generator)
+    settings = ExtensionSettings(**{name: getattr(arguments, name) for name in EXTENSION_SETTINGS})
     return list(zip(kinds, paths)), arguments.embeddings, settings

@@ -1,11 +1,8 @@
-"""`cagnet compare`: train and evaluate SPNet, SPNet-c, ZS3Net, CaGNet and their self-training
-variants on one benchmark and write the paper-style table (compare.md, compare.json)."""
-
-from __future__ import annotations
+"""`cagnet compare`: every method on one benchmark and the paper-style table (compare.md)."""
 
 import argparse
 
-from cagnet.commands.common import add_command
+from cagnet.commands.common import add_command, add_overrides_argument
 
 
 def add_parser(commands) -> None:
@@ -14,19 +11,15 @@ def add_parser(commands) -> None:
         "benchmark: the paper-style table", """
 cagnet compare --output-dir runs/demo            # shapes, reusing the demo's benchmark
 cagnet compare --config voc12_compare --output-dir runs/voc12_compare
-cagnet compare --config msrc_compare --set data.root=/data/msrc --output-dir runs/msrc""")
-    parser.add_argument("--config", default="shapes_compare",
-                        help="compare recipe: a name (`cagnet recipes`) or a YAML file "
-                        "(default: shapes_compare)")
-    parser.add_argument("--output-dir", default="runs/compare",
-                        help="output folder; with a shapes recipe, the benchmark and the "
-                        "pretraining of `cagnet demo --output-dir` in the same folder are "
-                        "reused")
-    parser.add_argument("--set", dest="overrides", action="append", default=[],
-                        metavar="KEY=VALUE", help="override a value in every stage's config")
+cagnet compare --config msrc_compare --set data.root=/data/msrc --output-dir runs/msrc""", run)
+    parser.add_argument("--config", default="shapes_compare", help="compare recipe: a name "
+                        "(`cagnet recipes`) or a YAML file (default: shapes_compare)")
+    parser.add_argument("--output-dir", default="runs/compare", help="output folder; with a "
+                        "shapes recipe, the benchmark and the pretraining of `cagnet demo "
+                        "--output-dir` in the same folder are reused")
+    add_overrides_argument(parser, "override a value in every stage's config")
     parser.add_argument("--fresh", action="store_true",
                         help="re-run every stage instead of reusing finished ones")
-    parser.set_defaults(handler=run)
 
 
 def run(arguments: argparse.Namespace) -> int:
@@ -34,7 +27,6 @@ def run(arguments: argparse.Namespace) -> int:
 
     from cagnet.baselines.compare.run import run_compare
     from cagnet.config import find_recipe
-
     run_compare(find_recipe(arguments.config), Path(arguments.output_dir), arguments.overrides,
                 arguments.fresh)
     return 0

@@ -1,11 +1,8 @@
 """`cagnet embed`: class-embedding matrices from word vectors or the original pickles."""
 
-from __future__ import annotations
-
 import argparse
 
 from cagnet.commands.common import add_command
-
 from cagnet.errors import CagnetError
 
 
@@ -16,7 +13,7 @@ cagnet embed --class-names my_data/class_names.txt \\
     --source word2vec_binary:GoogleNews-vectors-negative300.bin --out my_data/class_embeddings.npy
 cagnet embed --class-names data/voc12/class_names.txt --source fasttext_bin:cc.en.300.bin \\
     --source word2vec_binary:GoogleNews-vectors-negative300.bin --out voc12_fastnvec.npy
-cagnet embed --import-pkl fasttext.pkl word2vec.pkl --out voc12_fastnvec.npy""")
+cagnet embed --import-pkl fasttext.pkl word2vec.pkl --out voc12_fastnvec.npy""", run)
     parser.add_argument("--class-names", help="class-name file (one name per line, line = id)")
     parser.add_argument("--source", action="append", default=[], metavar="KIND:PATH",
                         help="word-vector source, in concatenation order; KIND is word2vec, "
@@ -26,13 +23,11 @@ cagnet embed --import-pkl fasttext.pkl word2vec.pkl --out voc12_fastnvec.npy""")
                         "word-vector pickles, in concatenation order (fasttext.pkl word2vec.pkl)")
     parser.add_argument("--out", required=True, help="output .npy (a .json sidecar is written "
                         "beside it)")
-    parser.set_defaults(handler=run)
 
 
 def run(arguments: argparse.Namespace) -> int:
     from cagnet import class_embeddings
     from cagnet.datasets.splits import read_class_names
-
     names = read_class_names(arguments.class_names) if arguments.class_names else None
     if arguments.import_pkl:
         matrix, metadata = class_embeddings.import_original_pickles(arguments.import_pkl, names)
@@ -40,12 +35,8 @@ def run(arguments: argparse.Namespace) -> int:
         if names is None or not arguments.source:
             raise CagnetError("embed: give --class-names and at least one --source KIND:PATH, "
                               "or --import-pkl")
-        sources = []
-        for text in arguments.source:
-            kind, separator, path = text.partition(":")
-            if not separator:
-                kind, path = "auto", text
-            sources.append((kind, path))
+        sources = [tuple(text.split(":", 1)) if ":" in text else ("auto", text)
+                   for text in arguments.source]
         matrix, metadata = class_embeddings.build_class_embeddings(names, sources)
     class_embeddings.save_class_embeddings(arguments.out, matrix, metadata)
     print(f"class embeddings {matrix.shape[0]} x {matrix.shape[1]} written to {arguments.out}")

@@ -1,7 +1,5 @@
 """`cagnet export`: write a checkpoint's inference model as ONNX or TorchScript."""
 
-from __future__ import annotations
-
 import argparse
 
 EXAMPLES = """examples:
@@ -27,7 +25,6 @@ def add_parser(commands) -> None:
 
 def run(arguments: argparse.Namespace) -> int:
     from cagnet.inference.export import export_checkpoint
-
     out = export_checkpoint(arguments.checkpoint, arguments.format, arguments.out)
     print(f"{arguments.format} model written to {out} (and {out}.json)")
     return 0

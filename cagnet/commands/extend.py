@@ -1,7 +1,4 @@
-"""`cagnet extend`: add classes to a trained model from their names (and a few labelled
-images of them, `--shots`)."""
-
-from __future__ import annotations
+"""`cagnet extend`: add classes to a trained model from their names (and a few `--shots`)."""
 
 import argparse
 
@@ -19,7 +16,7 @@ cagnet extend ... --shots SHOTS --out runs/no_py/extended_5shot.pt
 
 def add_parser(commands) -> None:
     parser = add_command(commands, "extend", "add classes to a trained model from their names "
-                         "(word vectors), optionally with a few labelled images", EXAMPLES)
+                         "(word vectors), optionally with a few labelled images", EXAMPLES, run)
     parser.add_argument("--checkpoint", required=True, help="the trained checkpoint")
     add_extension_arguments(parser, required=True)
     parser.add_argument("--out", required=True, help="the extended checkpoint to write (.pt); "
@@ -28,12 +25,10 @@ def add_parser(commands) -> None:
                         "split file's order (seen, then unseen), e.g. the dataset split that "
                         "lists the new classes, so `cagnet eval` can use it as is")
     add_device_arguments(parser)
-    parser.set_defaults(handler=run)
 
 
 def run(arguments: argparse.Namespace) -> int:
     from cagnet.inference.extend import extend_checkpoint
-
     sources, embeddings, settings = extension_inputs(arguments)
     summary = extend_checkpoint(arguments.checkpoint, arguments.out, arguments.add_classes,
                                 sources, embeddings, settings, resolve_runtime(arguments),

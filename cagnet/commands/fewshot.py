@@ -1,11 +1,8 @@
-"""`cagnet fewshot`: new-class IoU against the number of labelled images K, for CaGNet's
-extension and two baselines over several draws of shot images (fewshot.json / .md / .png)."""
-
-from __future__ import annotations
+"""`cagnet fewshot`: new-class IoU against the number K of labelled images, per method."""
 
 import argparse
 
-from cagnet.commands.common import add_command
+from cagnet.commands.common import add_command, add_overrides_argument
 from cagnet.errors import CagnetError
 
 EXAMPLES = """
@@ -20,16 +17,14 @@ cagnet fewshot --config experiments/shapes_fewshot.yaml --shots 0,1,2,5 --draws 
 def add_parser(commands) -> None:
     parser = add_command(commands, "fewshot", "add classes from K labelled images: CaGNet's "
                          "extension, a pixel classifier and synthesised labels against K",
-                         EXAMPLES)
+                         EXAMPLES, run)
     parser.add_argument("--config", default="experiments/shapes_fewshot.yaml",
                         help="few-shot recipe (default: experiments/shapes_fewshot.yaml)")
     parser.add_argument("--shots", default="0,1,2,5", help="the values of K (default 0,1,2,5)")
     parser.add_argument("--draws", type=int, default=3, help="draws of shot images per K")
     parser.add_argument("--output-dir", default="runs/fewshot", help="output folder")
-    parser.add_argument("--set", dest="overrides", action="append", default=[],
-                        metavar="KEY=VALUE", help="override a value of every training stage")
+    add_overrides_argument(parser, "override a value of every training stage")
     parser.add_argument("--fresh", action="store_true", help="re-run every cached stage")
-    parser.set_defaults(handler=run)
 
 
 def run(arguments: argparse.Namespace) -> int:
@@ -37,7 +32,6 @@ def run(arguments: argparse.Namespace) -> int:
 
     from cagnet.baselines.fewshot import run_fewshot
     from cagnet.datasets.build import PROJECT_ROOT
-
     try:
         shots = sorted({int(value) for value in arguments.shots.split(",")})
     except ValueError:

@@ -1,7 +1,4 @@
-"""`cagnet import-checkpoint`: original CaGNet checkpoints -> cagnet checkpoints, and
-DeepLab-v2 / torchvision backbone weights -> `model.init` files (`--init-only`)."""
-
-from __future__ import annotations
+"""`cagnet import-checkpoint`: original CaGNet checkpoints and backbone inits -> cagnet."""
 
 import argparse
 
@@ -16,19 +13,17 @@ def add_parser(commands) -> None:
 cagnet import-checkpoint voc12_ourbest.pth runs/voc12_original.pt --config voc12 \\
     --set data.root=/data/VOCdevkit/VOC2012
 cagnet import-checkpoint deeplabv2_resnet101_init.pth init/voc12_init.pt --config voc12 \\
-    --init-only""")
+    --init-only""", run)
     parser.add_argument("original", help="the foreign .pth file")
     parser.add_argument("out", help="the cagnet file to write (.pt)")
     add_config_arguments(parser)
     parser.add_argument("--init-only", action="store_true", help="backbone trunk only: "
                         "deeplabv2_resnet101_init.pth or a torchvision resnet50/101 state dict")
-    parser.set_defaults(handler=run)
 
 
 def run(arguments: argparse.Namespace) -> int:
     from cagnet.config import load_config
     from cagnet.tools.import_original import import_backbone_init, import_checkpoint
-
     config = load_config(arguments.config, arguments.overrides)
     if arguments.init_only:
         summary = import_backbone_init(arguments.original, arguments.out, config)

@@ -1,7 +1,5 @@
 """`cagnet predict`: segment images (a file or a folder) and draw the results."""
 
-from __future__ import annotations
-
 import argparse
 
 from cagnet.commands.common import (add_command, add_device_arguments, add_extension_arguments,
@@ -16,7 +14,7 @@ cagnet predict --checkpoint runs/demo/finetune/checkpoints/last.pt --input photo
 cagnet predict --checkpoint last.pt --input photos/ --pattern '*.jpg' --out preds/ --panel
 cagnet predict --checkpoint last.pt --input photo.jpg --out preds/ --min-confidence 0.5
 cagnet predict --checkpoint last.pt --input photos/ --out preds/ --add-classes zebra \\
-    --word-vectors GoogleNews-vectors-negative300.bin""",
+    --word-vectors GoogleNews-vectors-negative300.bin""", run,
                          conflict_handler="resolve")  # see --batch-size
     parser.add_argument("--checkpoint", required=True, help="a checkpoint file of any method")
     parser.add_argument("--input", required=True, help="an image or a folder of images")
@@ -33,11 +31,11 @@ cagnet predict --checkpoint last.pt --input photos/ --out preds/ --add-classes z
     add_extension_arguments(parser.add_argument_group(
         "new classes", "segment classes the model never saw, added from their word vectors "
         "for this run only (`cagnet extend` saves them)"), required=False)
-    # Replaces the extension's --batch-size here: added classes finetune with the checkpoint's
+    # Replaces the extension's --batch-size: added classes finetune with the checkpoint's
     # train.batch_size (`cagnet extend` sets it).
     parser.add_argument("--batch-size", dest="images_per_batch", type=int, default=1,
                         metavar="N", help="images per forward pass (default 1)")
-    parser.set_defaults(handler=run, batch_size=None)
+    parser.set_defaults(batch_size=None)
 
 
 def add_min_confidence_argument(parser: argparse.ArgumentParser) -> None:
@@ -52,7 +50,6 @@ def run(arguments: argparse.Namespace) -> int:
     from cagnet.inference.extend import extend_loaded_model, parse_class_list
     from cagnet.inference.predict import predict_paths
     from cagnet.models.fold import inference_model
-
     if (arguments.word_vectors or arguments.embeddings) and not arguments.add_classes:
         raise CagnetError("--word-vectors / --embeddings describe new classes: give their "
                           "names with --add-classes")

@@ -1,22 +1,13 @@
 """The official benchmark layouts (`data.layout`): id lists, label sources and the dataset.
 
-- `folders` (default): `<root>/<image_dir>/<id><image_suffix>` and index PNGs
-  `<root>/<label_dir>/<id><label_suffix>`: VOC `SegmentationClass[Aug]`, Pascal-Context
-  `33_context_labels` / `59_context_labels`, any custom VOC-style folder.
-- `voc_sbd`: VOC's PNG in `label_dir` when it exists, else SBD's `<sbd_root>/cls/<id>.mat`
-  (no conversion step needed; `cagnet data prepare-voc` still derives the train_aug list).
-- `context_mat`: the 459-label `<label_dir>/<id>.mat` of Pascal-Context, mapped to the
-  recipe's class-name file by name through `data.label_names` (`labels.txt`).
-- `cocostuff`: index PNGs as `folders`; ids carry their split folder (`train2017/<id>`), and a
-  missing list file is derived from `<root>/<label_dir>/<list stem>/*.png` (every annotation
-  whose image exists), so `images/train2017` + `annotations/train2017` work as unpacked.
-
-ZS3Net's protocol removes training images that contain unseen pixels
-(`data.drop_images_with_unseen`); `drop_images_with_unseen` reads every training mask once when
-the dataset is built (VOC train_aug: ~10 k small PNGs, seconds).
+- `folders` (default): index PNGs `<root>/<label_dir>/<id><label_suffix>` (VOC
+  `SegmentationClass[Aug]`, Pascal-Context `33_context_labels`, any VOC-style folder).
+- `voc_sbd`: VOC's PNG in `label_dir` when it exists, else SBD's `<sbd_root>/cls/<id>.mat`.
+- `context_mat`: Pascal-Context's 459-label `<label_dir>/<id>.mat`, mapped to the class-name
+  file by name through `data.label_names` (`labels.txt`).
+- `cocostuff`: index PNGs; ids carry their split folder (`train2017/<id>`), and a missing list
+  file is derived from the annotation folder, so the archives work as unpacked.
 """
-
-from __future__ import annotations
 
 import logging
 from concurrent.futures import ThreadPoolExecutor
@@ -26,14 +17,16 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 
 from cagnet.config import DataConfig
-from cagnet.datasets.images import read_image_bgr
 from cagnet.datasets.label_sources import (ContextMatLabels, LabelSource, PngLabels,
                                            VocSbdLabels, context_label_lookup,
                                            read_context_label_names)
-from cagnet.datasets.segmentation import SegmentationDataset
+from cagnet.datasets.segmentation import SegmentationDataset, check_mask
 from cagnet.datasets.splits import read_id_list
 from cagnet.errors import DataError
 
+__all__ = ["check_mask", "derive_split_ids", "drop_images_with_unseen", "find_sbd_dataset",
+           "label_source", "make_dataset", "missing_list_hint", "read_dataset_label",
+           "read_image_ids"]
 LOGGER = logging.getLogger("cagnet")
 
 
@@ -53,10 +46,8 @@ def _label_names_path(data: DataConfig, root: Path) -> Path:
         given = Path(data.label_names).expanduser()
         return given if given.is_absolute() or not (root / given).exists() else root / given
     folder = root / data.label_dir
-    for candidate in (folder / "labels.txt", folder.parent / "labels.txt"):
-        if candidate.is_file():
-            return candidate
-    return folder.parent / "labels.txt"
+    candidates = (folder / "labels.txt", folder.parent / "labels.txt")
+    return next((path for path in candidates if path.is_file()), candidates[1])
 
 
 def label_source(data: DataConfig, root: Path, class_names: Sequence[str]) -> LabelSource:
@@ -74,9 +65,8 @@ def label_source(data: DataConfig, root: Path, class_names: Sequence[str]) -> La
 
 def derive_split_ids(root: Path, image_dir: str, label_dir: str, split_name: str,
                      image_suffix: str = ".jpg", label_suffix: str = ".png") -> list[str]:
-    """Ids `<split_name>/<stem>` of every `<root>/<label_dir>/<split_name>/<stem><label_suffix>`
-    whose image `<root>/<image_dir>/<split_name>/<stem><image_suffix>` exists, sorted (the
-    COCO-Stuff 164k layout)."""
+    """Sorted ids `<split_name>/<stem>` of the masks in `<root>/<label_dir>/<split_name>/` whose
+    image exists in `<root>/<image_dir>/<split_name>/` (the COCO-Stuff 164k layout)."""
     label_folder = root / label_dir / split_name
     if not label_folder.is_dir():
         raise DataError(f"annotation folder not found: {label_folder} (COCO-Stuff: unpack "
@@ -118,12 +108,11 @@ def read_image_ids(list_path: Path, data: DataConfig, root: Path) -> list[str]:
     raise DataError(f"image list not found: {list_path}: {missing_list_hint(list_path)}")
 
 
-def drop_images_with_unseen(ids: Sequence[str], source: LabelSource,
-                            unseen_ids: Iterable[int], skip_unreadable: bool = False,
-                            workers: int = 4) -> list[str]:
-    """ZS3Net's rule: keep the ids whose mask holds no unseen-class pixel (masks read once).
-
-    Unreadable masks raise DataError, or are dropped too with `skip_unreadable`."""
+def drop_images_with_unseen(ids: Sequence[str], source: LabelSource, unseen_ids: Iterable[int],
+                            skip_unreadable: bool = False, workers: int = 4) -> list[str]:
+    """ZS3Net's rule: keep the ids whose mask holds no unseen-class pixel (every mask is read
+    once: VOC train_aug, seconds). Unreadable masks raise DataError, or are dropped too with
+    `skip_unreadable`."""
     unseen = np.zeros(256, dtype=bool)
     unseen[list(unseen_ids)] = True
 
@@ -146,54 +135,15 @@ def drop_images_with_unseen(ids: Sequence[str], source: LabelSource,
     return kept
 
 
-def check_mask(label: np.ndarray, image_shape: tuple[int, ...], known_ids: np.ndarray,
-               label_path: Path, image_path: Path) -> None:
-    """Raise DataError naming the file when a mask's size differs from its image's or it holds
-    a value that is neither a class id nor 255."""
-    if tuple(image_shape[:2]) != label.shape:
-        raise DataError(f"{label_path}: mask size {label.shape[1]}x{label.shape[0]} differs from "
-                        f"image size {image_shape[1]}x{image_shape[0]} ({image_path})")
-    values = np.unique(label)
-    unknown = values[~np.isin(values, known_ids)]
-    if unknown.size:
-        raise DataError(f"{label_path}: label values {unknown.tolist()} are neither a class id "
-                        f"(0..{int(known_ids[-2])}) nor 255")
-
-
-class BenchmarkDataset(SegmentationDataset):
-    """`SegmentationDataset` whose masks come from a `LabelSource` (SBD / Context `.mat`)."""
-
-    def __init__(self, label_reader: LabelSource, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self.label_reader = label_reader
-
-    def label_path(self, index: int) -> Path:
-        return self.label_reader.path(self.ids[index])
-
-    def read_raw(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        """One image (BGR uint8 (H, W, 3)) and its dataset-id mask (uint8 (H, W))."""
-        image = read_image_bgr(self.image_path(index))
-        label = self.label_reader.read(self.ids[index])
-        check_mask(label, image.shape, self.known_ids, self.label_path(index),
-                   self.image_path(index))
-        return image, label
-
-
 def make_dataset(data: DataConfig, root: Path, ids: Sequence[str], source: LabelSource,
                  lookup: np.ndarray, known_ids: set[int], transform: Callable,
                  seed: int) -> SegmentationDataset:
-    """The dataset of `data.layout`: plain `SegmentationDataset` for PNG layouts."""
-    arguments = (root, ids, data.image_dir, data.label_dir, data.image_suffix,
-                 data.label_suffix, lookup, known_ids, transform)
-    if isinstance(source, PngLabels):
-        return SegmentationDataset(*arguments, seed=seed, on_bad_sample=data.on_bad_sample)
-    return BenchmarkDataset(source, *arguments, seed=seed, on_bad_sample=data.on_bad_sample)
+    """The dataset of `data.layout`, its masks read by `source`."""
+    return SegmentationDataset(root, ids, data.image_dir, data.label_dir, data.image_suffix,
+                               data.label_suffix, lookup, known_ids, transform, seed=seed,
+                               on_bad_sample=data.on_bad_sample, label_reader=source)
 
 
 def read_dataset_label(dataset: SegmentationDataset, index: int) -> np.ndarray:
     """The raw dataset-id mask (uint8 (H, W)) of item `index`, without reading its image."""
-    reader = getattr(dataset, "label_reader", None)
-    if reader is not None:
-        return reader.read(dataset.ids[index])
-    return PngLabels(dataset.root / dataset.label_dir, dataset.label_suffix).read(
-        dataset.ids[index])
+    return dataset.label_reader.read(dataset.ids[index])

@@ -1,11 +1,8 @@
-"""From config to data: the benchmark's classes and embedding rows, and its datasets.
-
-The only place where `data` / `embeddings` config values become dataset objects; everything
-below (readers, transforms, the dataset class) receives plain values.
+"""From config to data: the benchmark's classes and embedding rows, and its datasets (the only
+place where `data` / `embeddings` config values are read; everything below gets plain values).
 """
 
-from __future__ import annotations
-
+import copy
 import dataclasses
 import sys
 from dataclasses import dataclass
@@ -27,10 +24,9 @@ INSTALLED_ROOT = Path(sys.prefix) / "share" / "cagnet"  # data/ and experiments/
 
 
 def resolve_path(path: str, root: str | Path | None = None, key: str = "") -> Path:
-    """Resolve a path from the config: absolute as given; otherwise relative to the dataset
-    root (when given and the file exists there), then to the working directory, then to the
-    project folder (the class lists and splits shipped in `data/`). With `key`, a path found
-    nowhere is an error naming every place tried and the `--set` key that overrides it."""
+    """A config path: absolute as given, else the first that exists under the dataset root, the
+    working directory, the project and the installed share/cagnet. With `key`, a path found
+    nowhere is an error naming every place tried and the `--set` key."""
     candidate = Path(path).expanduser()
     bases = [] if candidate.is_absolute() else \
         ([Path(root).expanduser().absolute()] if root else []) + [Path.cwd(), PROJECT_ROOT,
@@ -48,8 +44,6 @@ def resolve_path(path: str, root: str | Path | None = None, key: str = "") -> Pa
 def with_absolute_paths(config: Config) -> Config:
     """A copy of `config` whose file settings are absolute (where they exist), so that the
     run's config.yaml and checkpoints work from any folder."""
-    import copy
-
     config = copy.deepcopy(config)
     data = config.data
     data.root = str(Path(data.root).expanduser().absolute())
@@ -79,8 +73,6 @@ class Benchmark:
 
     split: ClassSplit
     class_embeddings: np.ndarray  # (K, E) in model class order (seen then unseen)
-    embedding_metadata: dict
-    embedding_path: Path
 
     @property
     def embedding_dim(self) -> int:
@@ -97,11 +89,9 @@ def build_split(config: Config) -> ClassSplit:
 def build_benchmark(config: Config) -> Benchmark:
     """Class names, split and the class-embedding rows in model order."""
     split = build_split(config)
-    class_names = split.class_names
-    embedding_path = resolve_path(config.embeddings.path, config.data.root, "embeddings.path")
-    matrix, metadata = load_class_embeddings(embedding_path, expected_rows=len(class_names))
-    rows = np.asarray(matrix, dtype=np.float32)[list(split.model_ids)]
-    return Benchmark(split, rows, metadata, embedding_path)
+    path = resolve_path(config.embeddings.path, config.data.root, "embeddings.path")
+    matrix, _ = load_class_embeddings(path, expected_rows=len(split.class_names))
+    return Benchmark(split, np.asarray(matrix, dtype=np.float32)[list(split.model_ids)])
 
 
 def holdout_ids(ids: list[str], count: int, seed: int) -> list[str]:
@@ -116,16 +106,8 @@ def holdout_ids(ids: list[str], count: int, seed: int) -> list[str]:
 def build_dataset(data: DataConfig, split: ClassSplit, seed: int, part: str = "train",
                   eval_warp: int | None = None) -> SegmentationDataset:
     """The images of `part`: "train" (`data.train_list` minus the held-out validation ids),
-    "validation" (`data.validation_list`, or the held-out training ids) or "test"
-    (`data.val_list`).
-
-    Training images are augmented (`TrainTransform`) and labelled through the training lookup
-    (seen classes, everything else 255), unless `eval_warp` is given: then they are only warped,
-    like test images (self-training labels them that way). Test images get the test lookup.
-    With `data.drop_images_with_unseen` the training ids holding unseen-class pixels are
-    removed (masks read once, here); with `data.pseudo_label_dir` training labels come from
-    that folder (self-training), with unseen ids mapped to S..S+U-1. `data.label_map`
-    renames raw mask values before any of that.
+    "validation" (`data.validation_list`, or the held-out ids) or "test" (`data.val_list`).
+    With `eval_warp`, training images are only warped, like test images (for self-training).
     """
     root = Path(data.root)
     if not root.is_dir():
@@ -133,10 +115,8 @@ def build_dataset(data: DataConfig, split: ClassSplit, seed: int, part: str = "t
                         "--set data.root=PATH")
     source = benchmarks.label_source(data, root, split.class_names)
     listed = {"test": data.val_list, "validation": data.validation_list}.get(part)
-    if listed:
-        ids = benchmarks.read_image_ids(resolve_path(listed, root), data, root)
-    else:
-        ids = benchmarks.read_image_ids(resolve_path(data.train_list, root), data, root)
+    ids = benchmarks.read_image_ids(resolve_path(listed or data.train_list, root), data, root)
+    if not listed:
         held_out = set(holdout_ids(ids, data.validation_holdout, seed)) \
             if data.validation_holdout else set()
         keep = part == "validation"
@@ -166,8 +146,7 @@ def build_dataset(data: DataConfig, split: ClassSplit, seed: int, part: str = "t
     transform = EvalTransform(tuple(data.mean_bgr), eval_warp) if eval_warp else \
         TrainTransform(tuple(data.mean_bgr), data.warp_size, data.crop_size, data.scale_min,
                        data.scale_max, data.flip, data.padding)
-    return benchmarks.make_dataset(data, root, ids, source, lookup[rename], known, transform,
-                                   seed)
+    return benchmarks.make_dataset(data, root, ids, source, lookup[rename], known, transform, seed)
 
 
 def build_eval_loader(config: Config, split: ClassSplit, part: str = "test") -> DataLoader:

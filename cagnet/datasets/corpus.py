@@ -1,12 +1,7 @@
-"""The image-level pretraining corpus (`pretrain.corpus`): `<corpus>/images/<id>.jpg` and
-`<corpus>/labels.txt` with lines `<id> <label>`, read into memory, and its augmentation.
-
-The real benchmarks start from ImageNet weights, which have seen the unseen categories at image
-level (never at pixel level); the shapes benchmark reproduces that with its own corpus of
-single-object images of every class (`cagnet/engine/pretrain.py` trains on it).
+"""The image-level pretraining corpus (`pretrain.corpus`: `images/<id>.jpg` and `labels.txt`
+lines `<id> <label>`) and its augmentation. It stands in for ImageNet, which has seen the unseen
+categories at image level (never at pixel level), for the shapes benchmark.
 """
-
-from __future__ import annotations
 
 from pathlib import Path
 from typing import Sequence
@@ -22,11 +17,8 @@ from cagnet.errors import DataError
 
 def read_corpus(corpus: str | Path, image_size: int, mean_bgr: Sequence[float]
                 ) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
-    """Load every corpus image, resized to `image_size` and mean-subtracted.
-
-    Returns images (N, 3, S, S) float32, targets (N,) int64 in 0..C-1, and the dataset label
-    of each target index.
-    """
+    """Every corpus image, resized and mean-subtracted: images (N, 3, S, S) float32, targets
+    (N,) int64 in 0..C-1, and the dataset label of each target index."""
     corpus = Path(corpus)
     labels_file = corpus / "labels.txt"
     if not labels_file.is_file():

@@ -1,10 +1,5 @@
-"""Reading images and label masks with errors that name the file.
-
-Images are returned as BGR uint8 (H, W, 3) arrays (the backbone's Caffe convention); masks as
-uint8 (H, W) arrays of label ids, from palette ("P") or grey ("L") PNGs.
-"""
-
-from __future__ import annotations
+"""Reading images (BGR uint8 (H, W, 3)) and index masks (uint8 (H, W)) with errors that name
+the file."""
 
 import io
 from pathlib import Path

@@ -1,25 +1,15 @@
-"""Label readers for the official benchmark formats, behind one small interface.
-
-A label source turns an image id into a uint8 (H, W) mask of dataset label ids:
-
-- `PngLabels`: index PNGs (palette "P" or grey "L"), e.g. VOC `SegmentationClass/`,
-  `SegmentationClassAug/`, Pascal-Context `33_context_labels/`, COCO-Stuff `annotations/`.
-- `VocSbdLabels`: the VOC PNG when it exists (VOC's own annotation wins), otherwise the SBD
-  `cls/<id>.mat` file, read as `scipy.io.loadmat(p)["GTcls"]["Segmentation"]` (uint8 0..20, no
-  255 boundary, unlike VOC).
-- `ContextMatLabels`: Pascal-Context `trainval/<id>.mat` (key `LabelMap`, 459 labels), mapped
-  to the recipe's classes by name through the `labels.txt` shipped with the annotations.
-
-Also the standard Pascal-VOC colour map, used to write palette PNGs that look like VOC's.
+"""Label readers of the official benchmark formats: an image id -> a uint8 (H, W) mask of
+dataset label ids (`LabelSource`): index PNGs, VOC PNG else SBD `.mat` (no 255 boundary), and
+Pascal-Context's 459-label `.mat` mapped by name. Also the Pascal-VOC colour map.
 """
 
-from __future__ import annotations
-
+import io
 import re
 from pathlib import Path
 from typing import Protocol, Sequence
 
 import numpy as np
+from PIL import Image
 
 from cagnet.datasets.images import read_label
 from cagnet.errors import DataError
@@ -27,38 +17,24 @@ from cagnet.errors import DataError
 # Names a class-name file uses that the 459-label file spells differently. Candidates are tried
 # in order after the name itself (compared without case, spaces, underscores and hyphens).
 CONTEXT_ALIASES: dict[str, tuple[str, ...]] = {
-    "diningtable": ("dining table", "table"),
-    "tvmonitor": ("tv monitor", "tv", "monitor"),
-    "pottedplant": ("potted plant", "plant"),
-    "aeroplane": ("airplane",),
-    "motorbike": ("motorcycle",),
-    "shelves": ("shelf",),
-}
+    "diningtable": ("dining table", "table"), "tvmonitor": ("tv monitor", "tv", "monitor"),
+    "pottedplant": ("potted plant", "plant"), "aeroplane": ("airplane",),
+    "motorbike": ("motorcycle",), "shelves": ("shelf",)}
 # Class-name-file entries that stand for "every other label" (id 0 of the Context label sets).
 CONTEXT_BACKGROUND_NAMES = ("background", "unlabel", "unlabeled", "unlabelled")
 
 
 def voc_colour_map(size: int = 256) -> np.ndarray:
-    """The standard Pascal-VOC palette: (size, 3) uint8, colour of label id i in row i
-    (0 black, 1 (128, 0, 0) aeroplane, ..., 255 (224, 224, 192) void)."""
-    colours = np.zeros((size, 3), dtype=np.uint8)
-    for index in range(size):
-        value, red, green, blue = index, 0, 0, 0
-        for bit in range(8):
-            red |= ((value >> 0) & 1) << (7 - bit)
-            green |= ((value >> 1) & 1) << (7 - bit)
-            blue |= ((value >> 2) & 1) << (7 - bit)
-            value >>= 3
-        colours[index] = (red, green, blue)
-    return colours
+    """The standard Pascal-VOC palette: (size, 3) uint8, row i = colour of label id i."""
+    index, colours = np.arange(size), np.zeros((size, 3), dtype=np.int64)
+    for bit in range(8):  # bit 7 - b of channel c (R, G, B) is bit 3 * b + c of the label id
+        for channel in range(3):
+            colours[:, channel] |= ((index >> (3 * bit + channel)) & 1) << (7 - bit)
+    return colours.astype(np.uint8)
 
 
 def encode_index_png(mask: np.ndarray) -> bytes:
     """A uint8 (H, W) label mask as palette-PNG bytes with the VOC colour map."""
-    import io
-
-    from PIL import Image
-
     image = Image.fromarray(np.ascontiguousarray(mask, dtype=np.uint8), mode="P")
     image.putpalette(voc_colour_map().reshape(-1).tolist())
     buffer = io.BytesIO()
@@ -88,7 +64,7 @@ def _as_mask(value: object, path: Path, what: str) -> np.ndarray:
 
 
 def read_sbd_mat(path: str | Path) -> np.ndarray:
-    """An SBD `cls/<id>.mat` file -> uint8 (H, W) VOC label ids 0..20."""
+    """An SBD `cls/<id>.mat` file (`GTcls.Segmentation`) -> uint8 (H, W) VOC label ids 0..20."""
     path = Path(path)
     content = _load_mat(path)
     try:
@@ -142,16 +118,10 @@ def _normalise(name: str) -> str:
 
 def context_label_lookup(label_names: dict[int, str], class_names: Sequence[str],
                          source: str = "labels.txt") -> tuple[np.ndarray, dict[str, str]]:
-    """Map the 459 Context labels onto a class-name file by name.
-
-    Class i of `class_names` takes the label whose name equals it (ignoring case, spaces,
-    underscores and hyphens), else its first alias in `CONTEXT_ALIASES` found in the file.
-    Class 0 may be a background entry (`background`, `unlabel`): every label that no class
-    takes, and 0 (unlabelled), become class 0 (without one they become 255). Returns a
-    lookup (max_label + 1,) uint8 and, per class name, the label name it took (for reports).
-
-    Raises DataError naming every class with no matching label.
-    """
+    """A lookup (max_label + 1,) uint8 of the 459 Context labels onto the classes, and per class
+    name the label name it took: its own name (ignoring case, spaces, underscores and hyphens),
+    else its first alias in `CONTEXT_ALIASES`. Labels no class takes become 0 with a background
+    class 0 (`background`, `unlabel`), else 255."""
     by_name = {_normalise(name): label for label, name in label_names.items()}
     has_background = class_names[0].lower() in CONTEXT_BACKGROUND_NAMES
     lookup = np.full(max(label_names) + 1, 0 if has_background else 255, dtype=np.uint8)
@@ -161,8 +131,7 @@ def context_label_lookup(label_names: dict[int, str], class_names: Sequence[str]
         if class_id == 0 and has_background:
             continue
         candidates = (class_name,) + CONTEXT_ALIASES.get(_normalise(class_name), ())
-        label = next((by_name[_normalise(c)] for c in candidates if _normalise(c) in by_name),
-                     None)
+        label = next((by_name[_normalise(c)] for c in candidates if _normalise(c) in by_name), None)
         if label is None:
             missing.append(class_name)
             continue
@@ -186,7 +155,7 @@ class LabelSource(Protocol):
 
 
 class PngLabels:
-    """Index PNGs `<folder>/<id><suffix>`."""
+    """Index PNGs `<folder>/<id><suffix>` (palette "P" or grey "L")."""
 
     def __init__(self, folder: Path, suffix: str = ".png") -> None:
         self.folder, self.suffix = Path(folder), suffix
@@ -221,14 +190,12 @@ class VocSbdLabels:
         return read_label(path)
 
 
-class ContextMatLabels:
-    """Pascal-Context `<folder>/<id>.mat` (459 labels) mapped through `lookup`."""
+class ContextMatLabels(PngLabels):
+    """Pascal-Context `<folder>/<id>.mat` (key `LabelMap`, 459 labels) mapped through `lookup`."""
 
     def __init__(self, folder: Path, lookup: np.ndarray, suffix: str = ".mat") -> None:
-        self.folder, self.lookup, self.suffix = Path(folder), lookup, suffix
-
-    def path(self, image_id: str) -> Path:
-        return self.folder / f"{image_id}{self.suffix}"
+        super().__init__(folder, suffix)
+        self.lookup = lookup
 
     def read(self, image_id: str) -> np.ndarray:
         """uint8 (H, W) class ids of the recipe's class-name file."""

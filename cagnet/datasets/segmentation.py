@@ -1,16 +1,12 @@
 """The segmentation dataset over VOC-style folders, and the iteration-based training sampler.
 
-One dataset class serves every benchmark: images `<root>/<image_dir>/<id><image_suffix>` and
-index masks `<root>/<label_dir>/<id><label_suffix>`, with the protocol's label lookup applied.
-
 Randomness is a pure function of (seed, draw number): the sampler numbers every sample it draws
 (`draw = iteration * global_batch + position`), the permutation of each epoch comes from
 (seed, epoch), and each sample's augmentation from (seed, draw). Resuming at iteration t needs
 nothing but t, and results do not depend on the number of loader workers or processes.
 """
 
-from __future__ import annotations
-
+import itertools
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
@@ -18,35 +14,45 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from cagnet.datasets.images import read_image_bgr, read_label
+from cagnet.datasets.images import read_image_bgr
+from cagnet.datasets.label_sources import LabelSource, PngLabels
 from cagnet.errors import DataError
 
 
-class SegmentationDataset(Dataset):
-    """Images and protocol-mapped labels.
+def check_mask(label: np.ndarray, image_shape: tuple[int, ...], known_ids: np.ndarray,
+               label_path: Path, image_path: Path) -> None:
+    """Raise DataError naming the file when a mask's size differs from its image's or it holds
+    a value that is neither a class id nor 255."""
+    if tuple(image_shape[:2]) != label.shape:
+        raise DataError(f"{label_path}: mask size {label.shape[1]}x{label.shape[0]} differs from "
+                        f"image size {image_shape[1]}x{image_shape[0]} ({image_path})")
+    values = np.unique(label)
+    unknown = values[~np.isin(values, known_ids)]
+    if unknown.size:
+        raise DataError(f"{label_path}: label values {unknown.tolist()} are neither a class id "
+                        f"(0..{int(known_ids[-2])}) nor 255")
 
-    Items are either an int (test: no randomness) or an `(index, draw)` pair from
-    `IterationBatchSampler` (training). A sample is a dict: `image` float32 (3, h, w),
-    `label` int64 (h, w), `id` str, `skipped` list of ids replaced because they were unreadable
-    (only with `on_bad_sample="skip"`, and only for training items: a test item is never
-    replaced, since that would silently change the metric).
-    """
+
+class SegmentationDataset(Dataset):
+    """Images `<root>/<image_dir>/<id><image_suffix>` and their masks (index PNGs in `label_dir`,
+    or `label_reader`'s) through the protocol's lookup. Items: an int (test) or an `(index, draw)`
+    pair (training). Samples: `image` float32 (3, h, w), `label` int64 (h, w), `id`, and
+    `skipped`, the ids replaced because unreadable (`on_bad_sample="skip"`, training only)."""
 
     def __init__(self, root: str | Path, ids: Sequence[str], image_dir: str, label_dir: str,
                  image_suffix: str, label_suffix: str, lookup: np.ndarray,
                  known_ids: set[int], transform: Callable, seed: int = 0,
-                 on_bad_sample: str = "error") -> None:
+                 on_bad_sample: str = "error", label_reader: LabelSource | None = None) -> None:
         if not ids:
             raise DataError(f"no images to load under {root}: the image list is empty")
         self.root = Path(root)
         self.ids = list(ids)
         self.image_dir, self.label_dir = image_dir, label_dir
         self.image_suffix, self.label_suffix = image_suffix, label_suffix
-        self.lookup = lookup
+        self.lookup, self.transform, self.seed = lookup, transform, seed
         self.known_ids = np.array(sorted(known_ids))
-        self.transform = transform
-        self.seed = seed
         self.on_bad_sample = on_bad_sample
+        self.label_reader = label_reader or PngLabels(self.root / label_dir, label_suffix)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -55,7 +61,7 @@ class SegmentationDataset(Dataset):
         return self.root / self.image_dir / f"{self.ids[index]}{self.image_suffix}"
 
     def label_path(self, index: int) -> Path:
-        return self.root / self.label_dir / f"{self.ids[index]}{self.label_suffix}"
+        return self.label_reader.path(self.ids[index])
 
     def missing_files(self) -> list[Path]:
         """Every listed image or mask that does not exist (a stat per file, no decoding)."""
@@ -64,18 +70,11 @@ class SegmentationDataset(Dataset):
                 if not path.is_file()]
 
     def read_raw(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        """Read one image (BGR uint8) and its raw dataset-id mask, checking that they agree."""
+        """One image (BGR uint8 (H, W, 3)) and its dataset-id mask (uint8 (H, W)), checked."""
         image = read_image_bgr(self.image_path(index))
-        label = read_label(self.label_path(index))
-        if image.shape[:2] != label.shape:
-            raise DataError(f"{self.label_path(index)}: mask size {label.shape[1]}x"
-                            f"{label.shape[0]} differs from image size {image.shape[1]}x"
-                            f"{image.shape[0]} ({self.image_path(index)})")
-        values = np.unique(label)
-        unknown = values[~np.isin(values, self.known_ids)]
-        if unknown.size:
-            raise DataError(f"{self.label_path(index)}: label values {unknown.tolist()} are "
-                            f"neither a class id (0..{int(self.known_ids[-2])}) nor 255")
+        label = self.label_reader.read(self.ids[index])
+        check_mask(label, image.shape, self.known_ids, self.label_path(index),
+                   self.image_path(index))
         return image, label
 
     def __getitem__(self, item: int | tuple[int, int]) -> dict:
@@ -96,11 +95,9 @@ class SegmentationDataset(Dataset):
         else:
             raise DataError(f"every image under {self.root} is unreadable")
         mapped = self.lookup[label]
-        if draw is None:
-            image_out, label_out = self.transform(image, mapped)
-        else:
-            rng = np.random.default_rng([self.seed, draw])
-            image_out, label_out = self.transform(image, mapped, rng)
+        # A training item's augmentation is a function of (seed, draw); a test item has none.
+        rng = () if draw is None else (np.random.default_rng([self.seed, draw]),)
+        image_out, label_out = self.transform(image, mapped, *rng)
         return {"image": torch.from_numpy(image_out), "label": torch.from_numpy(label_out),
                 "id": self.ids[current], "skipped": skipped}
 
@@ -109,30 +106,20 @@ def collate_samples(samples: list[dict]) -> dict:
     """Stack images; stack labels when they share a size, else keep them as a list."""
     labels = [sample["label"] for sample in samples]
     same_size = all(label.shape == labels[0].shape for label in labels)
-    return {
-        "image": torch.stack([sample["image"] for sample in samples]),
-        "label": torch.stack(labels) if same_size else labels,
-        "id": [sample["id"] for sample in samples],
-        "skipped": [name for sample in samples for name in sample["skipped"]],
-    }
+    return {"image": torch.stack([sample["image"] for sample in samples]),
+            "label": torch.stack(labels) if same_size else labels,
+            "id": [sample["id"] for sample in samples],
+            "skipped": [name for sample in samples for name in sample["skipped"]]}
 
 
 class IterationBatchSampler(Sampler):
-    """Endless batches of `(index, draw)` pairs for an iteration-based loop.
-
-    Epoch e is a permutation of the dataset drawn from (seed, e). Global batch t covers draws
-    `t * batch_size * world_size ...`; rank r takes its `batch_size` consecutive draws of it, so
-    N processes with batch B see exactly the samples of one process with batch N * B.
-    """
+    """Endless batches of `(index, draw)` pairs. Rank r takes its `batch_size` consecutive draws
+    of each global batch, so N processes with batch B see the samples of one with batch N * B."""
 
     def __init__(self, dataset_size: int, batch_size: int, seed: int, start_iteration: int = 0,
                  rank: int = 0, world_size: int = 1) -> None:
-        self.dataset_size = dataset_size
-        self.batch_size = batch_size
-        self.seed = seed
-        self.start_iteration = start_iteration
-        self.rank = rank
-        self.world_size = world_size
+        self.dataset_size, self.batch_size, self.seed = dataset_size, batch_size, seed
+        self.start_iteration, self.rank, self.world_size = start_iteration, rank, world_size
         self._permutations: dict[int, np.ndarray] = {}
 
     def _permutation(self, epoch: int) -> np.ndarray:
@@ -144,17 +131,11 @@ class IterationBatchSampler(Sampler):
     def batch_for(self, iteration: int) -> list[tuple[int, int]]:
         """The `(index, draw)` pairs this rank loads at `iteration`."""
         first = (iteration * self.world_size + self.rank) * self.batch_size
-        batch = []
-        for draw in range(first, first + self.batch_size):
-            epoch, position = divmod(draw, self.dataset_size)
-            batch.append((int(self._permutation(epoch)[position]), draw))
-        return batch
+        return [(int(self._permutation(draw // self.dataset_size)[draw % self.dataset_size]), draw)
+                for draw in range(first, first + self.batch_size)]
 
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
-        iteration = self.start_iteration
-        while True:
-            yield self.batch_for(iteration)
-            iteration += 1
+        return map(self.batch_for, itertools.count(self.start_iteration))
 
     def __len__(self) -> int:  # endless; DataLoader only needs this for len(loader)
         return 2 ** 62

@@ -1,45 +1,14 @@
 """The built-in synthetic zero-shot benchmark "shapes", written as a Pascal-VOC style folder.
 
-16 compositional classes ("plain red", ..., "checkered yellow" = surface patterns x colours,
-ids 1..16 pattern-major; the object outline is a nuisance factor), 4 of them unseen and forming a
-Latin square, so every pattern and every colour of an unseen class also occurs in 3 seen classes.
-Layout under `out_dir`:
-
-    JPEGImages/<id>.jpg, SegmentationClass/<id>.png   palette PNGs, VOC colour map, values are
-                                                      class ids, 0 background, 255 void
-    ImageSets/Segmentation/{train,val,validation}.txt ids `train_00042`, `val_00007` (val is
-                                                      the test list; validation: held-out
-                                                      images for tuning and periodic validation)
-    class_names.txt, split.yaml, word_vectors.txt     word2vec text format (see below)
-    pretrain/images/<id>.jpg, pretrain/labels.txt     64x64 single-object images of ALL classes
-                                                      with image-level labels `<id> <class_id>`
-    shapes.json                                       summary, written last = completion marker
-
-Word vectors (`word_vectors="class"`, the default): like a real model's vocabulary, every class
-name has its own entry (`striped_red`, found whole by `build_class_embeddings`' lookup), besides
-the single words and distractors. A class vector is its attributes plus a part of its own:
-
-    v(pattern colour) = sqrt(0.6) * (w(pattern) + w(colour)) / sqrt(2) + sqrt(0.4) * g(class)
-
-where the 8 attribute words `w` and the 16 class parts `g` are a seeded random orthonormal set
-(so `v` is unit-norm and the geometry below holds for every seed). An unseen class is then at
-cosine 0.30 from the 6 seen classes sharing its pattern or colour (0 from the others), and the
-least-squares residual of its embedding on the span of the 12 seen ones is 0.78: inside
-Pascal-VOC fastnvec's ranges (residual 0.74-0.94, nearest-seen cosine 0.26-0.60, see
-`VOC_RESIDUAL_RANGE`), so the attributes transfer but no linear map of the seen embeddings
-reproduces an unseen one. `word_vectors="compositional"` writes the earlier vocabulary (single
-words only, independent Gaussian rows): a class embedding is then the mean of its pattern and
-colour words, every unseen embedding lies in the span of the seen ones (residual 0), and a linear
-projection scores the unseen classes for free, which real word embeddings do not allow.
-
-Segmentation images draw their classes uniformly over all 16 classes (training images contain
-unseen objects, whose pixels the training protocol ignores, as in the real benchmarks). Each
-image is a function of (seed, split, index) alone, so the output does not depend on `workers`.
+16 classes "pattern colour" (4 surface patterns x 4 colours; the outline is a nuisance factor),
+4 unseen forming a Latin square: each of their patterns and colours occurs in 3 seen classes.
+`out_dir` gets JPEGImages/, SegmentationClass/ (VOC palette PNGs, 255 void), ImageSets/
+Segmentation/{train, val (the test list), validation}.txt, class_names.txt, split.yaml,
+word_vectors.txt, pretrain/ (64x64 single-object images of ALL classes, labels.txt) and last
+shapes.json. Images draw their classes over all 16 (unseen pixels are ignored in training, as in
+the real benchmarks); each is a function of (seed, split, index) alone.
 """
 
-from __future__ import annotations
-
-import io
 import json
 import multiprocessing
 import time
@@ -47,19 +16,19 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from PIL import Image
 
-from cagnet.datasets.shapes_drawing import render_scene, render_single_object, voc_palette
+from cagnet.class_embeddings import (build_class_embeddings, embedding_transfer_statistics,
+                                     read_sidecar, save_class_embeddings, sha256_file)
+from cagnet.datasets.label_sources import encode_index_png
+from cagnet.datasets.shapes_drawing import render_scene, render_single_object
 from cagnet.errors import ConfigError
 from cagnet.utils.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 
 FORMAT = "cagnet-shapes-v3"
 COLOURS = ("red", "green", "blue", "yellow")
 PATTERNS = ("plain", "striped", "dotted", "checkered")
-# A Latin square: every colour and every pattern of an unseen class occurs in 3 seen classes.
 UNSEEN_CLASSES = ("striped red", "dotted green", "checkered blue", "plain yellow")
-# Words of the vocabulary that no class uses, so the file looks like a real model's vocabulary
-# (the object outlines are nuisance factors: a class is a colour and a surface pattern).
+# Words no class uses, so the file looks like a real model's vocabulary.
 DISTRACTOR_WORDS = ("orange", "purple", "pink", "brown", "grey", "black", "white", "cyan",
                     "beige", "magenta", "circle", "square", "triangle", "star", "hexagon",
                     "oval", "cross", "heart", "spotted", "shiny", "rough", "wavy")
@@ -70,25 +39,20 @@ OBJECTS_PER_IMAGE = (2, 3)
 # Seed-sequence tags: every random stream is keyed by (seed, tag, index).
 STREAM_TAGS = {"train": 1, "val": 2, "pretrain": 3, "word_vectors": 4, "validation": 5}
 SEGMENTATION_SPLITS = ("train", "val", "validation")
-# "class": one vector per class name (attributes + a class-specific part, the default);
-# "compositional": single words only, a class embedding is the mean of its two words.
 WORD_VECTOR_KINDS = ("class", "compositional")
-# Share of a class vector's squared norm carried by its attributes (pattern + colour); the rest,
-# 1 - ATTRIBUTE_WEIGHT, is the class's own direction. The unseen statistics are exact functions
-# of it: nearest-seen cosine ATTRIBUTE_WEIGHT / 2 and a residual that falls as it grows; both sit
-# in VOC's ranges for 0.52 < ATTRIBUTE_WEIGHT < 0.645, and 0.6 leaves both lower bounds the
-# same margin (cosine 0.30 vs 0.26, residual 0.78 vs 0.74).
+# Share of a class vector's squared norm carried by its pattern + colour words. An unseen class
+# then has nearest-seen cosine ATTRIBUTE_WEIGHT / 2 and a residual that falls as it grows: both
+# are in VOC's ranges for 0.52 < ATTRIBUTE_WEIGHT < 0.645; 0.6 leaves both lower bounds the same
+# margin (cosine 0.30 vs 0.26, residual 0.78 vs 0.74).
 ATTRIBUTE_WEIGHT = 0.6
-# Pascal-VOC fastnvec, unseen = the last 5 classes, each statistic rounded to 2 decimals: the
-# least-squares residual of an unseen embedding on the span of the 15 seen ones, and its cosine
-# to the nearest seen class (see `cagnet.class_embeddings.embedding_transfer_statistics`).
+# Pascal-VOC fastnvec with its last 5 classes unseen: the least-squares residual of an unseen
+# embedding on the span of the 15 seen ones, and its cosine to the nearest seen class.
 VOC_RESIDUAL_RANGE = (0.74, 0.94)
 VOC_NEAREST_COSINE_RANGE = (0.26, 0.60)
 
 
 def class_names() -> list[str]:
-    """Line i of `class_names.txt`: `background`, then pattern-major "pattern colour" names
-    ("striped red", "plain blue", ...)."""
+    """Line i = label id i: `background`, then "pattern colour" names, pattern-major."""
     return ["background"] + [f"{pattern} {colour}" for pattern in PATTERNS for colour in COLOURS]
 
 
@@ -100,8 +64,7 @@ def seen_unseen_split() -> tuple[list[str], list[str]]:
 
 
 def class_token(name: str) -> str:
-    """The vocabulary entry of a class name: its words joined by '_' ("striped_red"), the form
-    `build_class_embeddings` looks up before splitting a name into words."""
+    """The vocabulary entry of a class name, found whole by `build_class_embeddings`."""
     return "_".join(name.split())
 
 
@@ -112,8 +75,7 @@ def _check_word_vectors(word_vectors: str) -> None:
 
 
 def vocabulary(word_vectors: str = "class") -> list[str]:
-    """Every word of the word-vector file: background, colours, patterns, distractors, then (kind
-    "class") one token per object class, in class-id order."""
+    """The words of the word-vector file, in order ("class" adds one token per class)."""
     _check_word_vectors(word_vectors)
     words = ["background", *COLOURS, *PATTERNS, *DISTRACTOR_WORDS]
     if word_vectors == "class":
@@ -131,12 +93,14 @@ def word_vector_matrix(seed: int, word_dim: int, word_vectors: str = "class"
                        ) -> tuple[list[str], np.ndarray]:
     """`(words, (len(words), word_dim) float64 unit rows)` of the word-vector file.
 
-    Every word outside the classes gets an L2-normalised Gaussian row (the "compositional" file
-    is exactly that). For "class", a second seeded draw gives each object class its own part;
-    the 8 pattern and colour rows and the 16 class parts are replaced by their Gram-Schmidt
-    orthonormalisation (needs `word_dim >= 24`), and the class token's row is
-    `sqrt(ATTRIBUTE_WEIGHT) * (w(pattern) + w(colour)) / sqrt(2)
-    + sqrt(1 - ATTRIBUTE_WEIGHT) * g(class)`, unit-norm by construction.
+    Every single word gets an L2-normalised Gaussian row. "compositional" stops there: a class
+    embedding is then the mean of two words and lies in the span of the seen ones, so a linear
+    map scores unseen classes for free, which real word embeddings do not allow. "class" (the
+    default) adds one token per class (`striped_red`, found whole by `build_class_embeddings`):
+    with the 8 pattern / colour rows w and 16 seeded class parts g orthonormalised together
+    (`word_dim >= 24`), v = sqrt(ATTRIBUTE_WEIGHT) * (w(pattern) + w(colour)) / sqrt(2)
+    + sqrt(1 - ATTRIBUTE_WEIGHT) * g(class), unit-norm; an unseen class is at cosine 0.30 from
+    the 6 seen classes sharing an attribute, residual 0.78 on the seen span: inside VOC's ranges.
     """
     _check_word_vectors(word_vectors)
     words = vocabulary("compositional")
@@ -162,8 +126,7 @@ def word_vector_matrix(seed: int, word_dim: int, word_vectors: str = "class"
 
 
 def word_vectors_text(seed: int, word_dim: int, word_vectors: str = "class") -> str:
-    """word2vec text format: a `count dim` header, then one row per word (see
-    `word_vector_matrix`), 6 decimals."""
+    """word2vec text: a `count dim` header, then one row per word, 6 decimals."""
     words, vectors = word_vector_matrix(seed, word_dim, word_vectors)
     lines = [f"{len(words)} {word_dim}"]
     lines += [word + " " + " ".join(f"{value:.6f}" for value in row)
@@ -172,15 +135,9 @@ def word_vectors_text(seed: int, word_dim: int, word_vectors: str = "class") -> 
 
 
 def unseen_transfer_statistics(out_dir: str | Path) -> list[dict]:
-    """What the class embeddings of a generated benchmark let transfer to each unseen class.
-
-    The embeddings are built from `out_dir/word_vectors.txt` exactly as for training
-    (`build_class_embeddings` with the `word2vec` source). Returns one dict per unseen class, in
-    class-id order: `name`, `residual` (least-squares residual of its unit embedding on the span
-    of the seen classes' embeddings, background excluded), `nearest_seen` (name) and `cosine`.
-    """
-    from cagnet.class_embeddings import build_class_embeddings, embedding_transfer_statistics
-
+    """`embedding_transfer_statistics` of the embeddings built from `out_dir/word_vectors.txt`
+    as for training (background excluded): per unseen class, `name`, `residual`, `nearest_seen`
+    (a name) and `cosine`."""
     names = class_names()
     seen, unseen = seen_unseen_split()
     source = Path(out_dir) / "word_vectors.txt"
@@ -192,15 +149,6 @@ def unseen_transfer_statistics(out_dir: str | Path) -> list[dict]:
             for entry in statistics]
 
 
-def encode_label_png(label: np.ndarray) -> bytes:
-    """PNG bytes of a (H, W) uint8 label as a palette ("P") image with the VOC colour map."""
-    image = Image.fromarray(label, mode="P")
-    image.putpalette(voc_palette())
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
 def encode_jpeg(image: np.ndarray) -> bytes:
     """JPEG bytes of a (H, W, 3) uint8 BGR image."""
     success, data = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
@@ -210,8 +158,7 @@ def encode_jpeg(image: np.ndarray) -> bytes:
 
 
 def image_objects(rng: np.random.Generator, guaranteed_class: int) -> list[tuple[int, str]]:
-    """(class_id, name) per object in drawing order: `guaranteed_class` first, then 1..3 more
-    drawn uniformly over all object classes."""
+    """(class_id, name) per object in drawing order: `guaranteed_class`, then 1 or 2 at random."""
     names = class_names()
     count = int(rng.integers(OBJECTS_PER_IMAGE[0], OBJECTS_PER_IMAGE[1] + 1))
     class_ids = [guaranteed_class] + [int(c) for c in rng.integers(1, len(names), count - 1)]
@@ -219,8 +166,8 @@ def image_objects(rng: np.random.Generator, guaranteed_class: int) -> list[tuple
 
 
 def guaranteed_class_order() -> list[int]:
-    """Round-robin order of the class each segmentation image is sure to contain: unseen classes
-    first, so any split with >= 4 images contains every unseen class."""
+    """Round-robin order of the class each image is sure to contain: unseen classes first, so
+    any split with >= 4 images contains every unseen class."""
     names = class_names()
     unseen = [names.index(name) for name in UNSEEN_CLASSES]
     return unseen + [class_id for class_id in range(1, len(names)) if class_id not in unseen]
@@ -231,8 +178,8 @@ def _initialise_worker() -> None:
 
 
 def render_task(task: tuple[str, int, str, int, tuple[int, int]]) -> tuple[str, int, list[int]]:
-    """Render and write one image (a worker's job). Task = (out_dir, seed, split, index,
-    image_size_range). Returns (split, index, per-class pixel counts or [class_id])."""
+    """Render and write one image: task (out_dir, seed, split, index, image_size_range) ->
+    (split, index, per-class pixel counts or [class_id])."""
     out_dir, seed, split, index, size_range = task
     root = Path(out_dir)
     rng = np.random.default_rng([seed, STREAM_TAGS[split], index])
@@ -244,10 +191,9 @@ def render_task(task: tuple[str, int, str, int, tuple[int, int]]) -> tuple[str, 
         return split, index, [class_id]
     order = guaranteed_class_order()
     height, width = (int(v) for v in rng.integers(size_range[0], size_range[1] + 1, 2))
-    image, label = render_scene(rng, height, width,
-                                image_objects(rng, order[index % len(order)]))
+    image, label = render_scene(rng, height, width, image_objects(rng, order[index % len(order)]))
     atomic_write_bytes(root / "JPEGImages" / f"{identifier}.jpg", encode_jpeg(image))
-    atomic_write_bytes(root / "SegmentationClass" / f"{identifier}.png", encode_label_png(label))
+    atomic_write_bytes(root / "SegmentationClass" / f"{identifier}.png", encode_index_png(label))
     return split, index, np.bincount(label.ravel(), minlength=256).tolist()
 
 
@@ -289,12 +235,10 @@ def generate_shapes_benchmark(out_dir: str | Path, seed: int = 0, num_train: int
                               workers: int = 2, word_vectors: str = "class") -> dict:
     """Write the shapes benchmark into `out_dir` and return its summary (also in shapes.json).
 
-    Deterministic for a seed whatever `workers` is: label PNGs and the word-vector file are
-    byte-identical, JPEG images decode to identical arrays. Every file is written atomically, and
-    `shapes.json` is removed first and written last, so an interrupted run is never taken for a
-    complete benchmark (see `is_shapes_benchmark`). Files of an earlier, larger benchmark in the
-    same folder are left in place but no longer listed. `word_vectors` is one of
-    `WORD_VECTOR_KINDS` (see the module docstring); the images do not depend on it.
+    Deterministic for a seed whatever `workers` is. `shapes.json` is removed first and written
+    last, so an interrupted run is never taken for a complete benchmark; files of an earlier,
+    larger benchmark are left in place but no longer listed. The images do not depend on
+    `word_vectors` (one of `WORD_VECTOR_KINDS`).
     """
     _check_arguments(num_train, num_val, num_pretrain, image_size_range, word_dim, workers,
                      word_vectors)
@@ -305,10 +249,9 @@ def generate_shapes_benchmark(out_dir: str | Path, seed: int = 0, num_train: int
     names = class_names()
     seen, unseen = seen_unseen_split()
     atomic_write_text(root / "class_names.txt", "\n".join(names) + "\n")
-    atomic_write_text(root / "split.yaml", f"seen: {json.dumps(seen)}\nunseen: "
-                                           f"{json.dumps(unseen)}\n")
-    atomic_write_text(root / "word_vectors.txt",
-                      word_vectors_text(seed, word_dim, word_vectors))
+    atomic_write_text(root / "split.yaml",
+                      f"seen: {json.dumps(seen)}\nunseen: {json.dumps(unseen)}\n")
+    atomic_write_text(root / "word_vectors.txt", word_vectors_text(seed, word_dim, word_vectors))
     for folder in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation", "pretrain/images"):
         (root / folder).mkdir(parents=True, exist_ok=True)
     counts = {"train": num_train, "val": num_val, "validation": num_validation,
@@ -317,7 +260,6 @@ def generate_shapes_benchmark(out_dir: str | Path, seed: int = 0, num_train: int
     tasks = [(str(root), seed, split, index, size_range)
              for split, count in counts.items() for index in range(count)]
     results = _run_tasks(tasks, workers)
-
     pixels = {split: np.zeros(len(names), dtype=np.int64) for split in SEGMENTATION_SPLITS}
     pretrain_labels = []
     for split, index, values in results:
@@ -328,22 +270,20 @@ def generate_shapes_benchmark(out_dir: str | Path, seed: int = 0, num_train: int
     for split in SEGMENTATION_SPLITS:
         atomic_write_text(root / "ImageSets" / "Segmentation" / f"{split}.txt",
                           "".join(f"{split}_{index:05d}\n" for index in range(counts[split])))
-    atomic_write_text(root / "pretrain" / "labels.txt", "".join(f"{line}\n"
-                                                                for line in pretrain_labels))
+    atomic_write_text(root / "pretrain" / "labels.txt",
+                      "".join(f"{line}\n" for line in pretrain_labels))
     pretrain_per_class = np.bincount([int(line.split()[1]) for line in pretrain_labels],
                                      minlength=len(names))
-    summary = {
-        "format": FORMAT, "seed": seed, "class_names": names, "seen": seen, "unseen": unseen,
-        "counts": counts, "image_size_range": list(size_range),
-        "pretrain_image_size": PRETRAIN_IMAGE_SIZE, "word_dim": word_dim,
-        "word_vectors": word_vectors,
-        "attribute_weight": ATTRIBUTE_WEIGHT if word_vectors == "class" else 1.0,
-        "vocabulary_size": len(vocabulary(word_vectors)),
-        "pixels_per_class": {split: dict(zip(names, values.tolist()))
-                             for split, values in pixels.items()},
-        "pretrain_images_per_class": dict(zip(names[1:], pretrain_per_class[1:].tolist())),
-        "seconds": round(time.perf_counter() - started, 2),
-    }
+    summary = {"format": FORMAT, "seed": seed, "class_names": names, "seen": seen,
+               "unseen": unseen, "counts": counts, "image_size_range": list(size_range),
+               "pretrain_image_size": PRETRAIN_IMAGE_SIZE, "word_dim": word_dim,
+               "word_vectors": word_vectors,
+               "attribute_weight": ATTRIBUTE_WEIGHT if word_vectors == "class" else 1.0,
+               "vocabulary_size": len(vocabulary(word_vectors)),
+               "pixels_per_class": {split: dict(zip(names, values.tolist()))
+                                    for split, values in pixels.items()},
+               "pretrain_images_per_class": dict(zip(names[1:], pretrain_per_class[1:].tolist())),
+               "seconds": round(time.perf_counter() - started, 2)}
     atomic_write_json(root / MARKER_FILE, summary)
     return summary
 
@@ -359,12 +299,8 @@ def is_shapes_benchmark(out_dir: str | Path) -> bool:
 
 
 def prepare_shapes(data_dir: str | Path, seed: int = 0) -> Path:
-    """Generate the benchmark (unless complete) and its class embeddings through the same path
-    as real class names (`cagnet embed`); embeddings built from another `word_vectors.txt`
-    (an older benchmark in the same folder) are rebuilt. Returns the embedding file."""
-    from cagnet.class_embeddings import (build_class_embeddings, read_sidecar,
-                                         save_class_embeddings, sha256_file)
-
+    """Generate the benchmark (unless complete) and its class embeddings as `cagnet embed` would
+    (rebuilt when made from another `word_vectors.txt`). Returns the embedding file."""
     data_dir = Path(data_dir)
     if not is_shapes_benchmark(data_dir):
         generate_shapes_benchmark(data_dir, seed=seed)

@@ -1,18 +1,17 @@
-"""Rendering of the synthetic shapes benchmark: cluttered backgrounds, shaded objects, masks.
+"""Rendering of the synthetic shapes benchmark, pure functions of a `numpy.random.Generator`.
 
-Pure functions of a `numpy.random.Generator`, so one image is a function of its own seed. Images
-are drawn as float32 BGR (H, W, 3) in 0..255 and anti-aliased; label masks are uint8 (H, W) and
-drawn without anti-aliasing from the same polygons, so every label pixel is exact. Background
-clutter uses only grey, brown, beige and desaturated tones, never the saturated object colours.
+Images are float32 BGR (H, W, 3) in 0..255, anti-aliased; label masks uint8 (H, W), drawn without
+anti-aliasing from the same polygons, so every label pixel is exact. Background clutter uses only
+grey, brown, beige and desaturated tones, never the saturated object colours.
 """
-
-from __future__ import annotations
 
 import colorsys
 from typing import Sequence
 
 import cv2
 import numpy as np
+
+from cagnet.datasets.label_sources import voc_colour_map
 
 VOID_LABEL = 255
 OBJECT_SHAPES = ("circle", "square", "triangle", "star")
@@ -28,18 +27,8 @@ CLUTTER_KIND_PROBABILITIES = (0.35, 0.3, 0.27, 0.08)
 
 
 def voc_palette() -> list[int]:
-    """The standard 256-entry Pascal VOC colour map (bit-interleaved), flattened to 768 ints."""
-    palette = []
-    for index in range(256):
-        red = green = blue = 0
-        code = index
-        for bit in range(8):
-            red |= ((code >> 0) & 1) << (7 - bit)
-            green |= ((code >> 1) & 1) << (7 - bit)
-            blue |= ((code >> 2) & 1) << (7 - bit)
-            code >>= 3
-        palette.extend((red, green, blue))
-    return palette
+    """The standard 256-entry Pascal VOC colour map, flattened to 768 ints (R, G, B, ...)."""
+    return voc_colour_map().reshape(-1).tolist()
 
 
 def hsv_to_bgr(hue: float, saturation: float, value: float) -> np.ndarray:
@@ -82,18 +71,20 @@ def _fixed_point(polygon: np.ndarray) -> list[np.ndarray]:
     return [np.round(polygon * (1 << SUBPIXEL_BITS)).astype(np.int32).reshape(-1, 1, 2)]
 
 
+def _fill(polygon: np.ndarray, height: int, width: int, value: int, line_type: int) -> np.ndarray:
+    canvas = np.zeros((height, width), dtype=np.uint8)
+    cv2.fillPoly(canvas, _fixed_point(polygon), value, lineType=line_type, shift=SUBPIXEL_BITS)
+    return canvas
+
+
 def polygon_mask(polygon: np.ndarray, height: int, width: int) -> np.ndarray:
     """(H, W) bool mask of the polygon, drawn without anti-aliasing (exact labels)."""
-    mask = np.zeros((height, width), dtype=np.uint8)
-    cv2.fillPoly(mask, _fixed_point(polygon), 1, lineType=cv2.LINE_8, shift=SUBPIXEL_BITS)
-    return mask.astype(bool)
+    return _fill(polygon, height, width, 1, cv2.LINE_8).astype(bool)
 
 
 def polygon_alpha(polygon: np.ndarray, height: int, width: int) -> np.ndarray:
     """(H, W, 1) float32 coverage in 0..1 of the polygon, anti-aliased (for the image only)."""
-    alpha = np.zeros((height, width), dtype=np.uint8)
-    cv2.fillPoly(alpha, _fixed_point(polygon), 255, lineType=cv2.LINE_AA, shift=SUBPIXEL_BITS)
-    return (alpha.astype(np.float32) / 255.0)[:, :, None]
+    return (_fill(polygon, height, width, 255, cv2.LINE_AA).astype(np.float32) / 255.0)[:, :, None]
 
 
 def clutter_colour(rng: np.random.Generator) -> np.ndarray:
@@ -126,8 +117,8 @@ def _draw_clutter_item(rng: np.random.Generator, canvas: np.ndarray) -> None:
                     cv2.LINE_AA)
     elif kind == 2:
         centre = rng.uniform((0, 0), (width, height))
-        points = centre + rng.normal(0.0, rng.uniform(0.05, 0.2) * side, (int(rng.integers(3, 7)),
-                                                                           2))
+        spread, count = rng.uniform(0.05, 0.2) * side, int(rng.integers(3, 7))
+        points = centre + rng.normal(0.0, spread, (count, 2))
         cv2.fillPoly(layer, _fixed_point(points), colour, cv2.LINE_AA, shift=SUBPIXEL_BITS)
     else:
         spacing, angle = rng.uniform(5, 14), rng.uniform(0, np.pi)
@@ -193,10 +184,8 @@ def pattern_mask(rng: np.random.Generator, pattern: str, rows: np.ndarray,
 
 def paint_object(rng: np.random.Generator, image: np.ndarray, polygon: np.ndarray,
                  colour: str, pattern: str = "plain") -> None:
-    """Composite one shaded, lightly textured, patterned object onto `image` (H, W, 3) in place.
-
-    Only the polygon's bounding box (plus a 2-px margin for anti-aliasing) is touched.
-    """
+    """Composite one shaded, lightly textured, patterned object onto `image` (H, W, 3) in place
+    (only within the polygon's bounding box plus a 2-px margin)."""
     height, width = image.shape[:2]
     left, top = np.clip(np.floor(polygon.min(axis=0)).astype(int) - 2, 0, (width, height))
     right, bottom = np.clip(np.ceil(polygon.max(axis=0)).astype(int) + 3, 0, (width, height))
@@ -233,11 +222,8 @@ def finish_image(rng: np.random.Generator, image: np.ndarray) -> np.ndarray:
 
 
 def add_void_boundary(label: np.ndarray) -> np.ndarray:
-    """Copy of `label` with a 1-px void (255) ring on the object side of every object edge.
-
-    A pixel becomes void when it belongs to an object (id 1..254) and one of its 4-neighbours
-    inside the image has a different id, so an object/background edge is 1 px wide.
-    """
+    """Copy of `label` where object pixels (1..254) with a differently labelled 4-neighbour are
+    void (255): a 1-px ring on the object side of every object edge."""
     differs = np.zeros(label.shape, dtype=bool)
     differs[1:, :] |= label[1:, :] != label[:-1, :]
     differs[:-1, :] |= label[:-1, :] != label[1:, :]
@@ -251,12 +237,9 @@ def add_void_boundary(label: np.ndarray) -> np.ndarray:
 def place_objects(rng: np.random.Generator, height: int, width: int,
                   objects: Sequence[tuple[int, str]], size_range: tuple[float, float],
                   attempts: int = 12) -> list[tuple[int, str, np.ndarray, np.ndarray]]:
-    """Choose a polygon per object, in drawing order, keeping every object recognisable.
-
-    An object is accepted when at least half of it lies inside the image and it leaves at least
-    40 % of each earlier object visible; otherwise it is re-drawn smaller, and dropped after
-    `attempts` tries (the first object always fits). Returns (class_id, colour, polygon, mask).
-    """
+    """(class_id, (pattern, colour), polygon, mask) per object kept, in drawing order. An object
+    needs at least half of it inside the image and must leave 40 % of each earlier one visible;
+    else it is re-drawn smaller, and dropped after `attempts` tries."""
     side = min(height, width)
     owner = np.full((height, width), -1, dtype=np.int16)
     drawn_area: list[int] = []
@@ -288,11 +271,8 @@ def place_objects(rng: np.random.Generator, height: int, width: int,
 def render_scene(rng: np.random.Generator, height: int, width: int,
                  objects: Sequence[tuple[int, str]],
                  size_range: tuple[float, float] = (0.3, 0.65)) -> tuple[np.ndarray, np.ndarray]:
-    """One segmentation image: `objects` = (class_id, "colour shape") in drawing order.
-
-    Returns the image (H, W, 3) uint8 BGR and the label (H, W) uint8 with 0 background, the
-    class ids, and 255 on a 1-px boundary. Later objects occlude earlier ones.
-    """
+    """One image (H, W, 3) uint8 BGR and its label (H, W) uint8 (0 background, class ids, 255 on
+    a 1-px boundary) of `objects` = (class_id, "pattern colour"), later ones in front."""
     image = draw_background(rng, height, width)
     label = np.zeros((height, width), dtype=np.uint8)
     for class_id, (pattern, colour), polygon, mask in place_objects(rng, height, width, objects,

@@ -1,11 +1,7 @@
-"""Class lists, seen/unseen splits, id lists, and the label lookup tables of the protocol.
-
-Training labels pass through a 256-entry lookup: the k-th seen class id -> k and every other
-value (background, unseen classes, void) -> 255, so no unseen-class label value can reach a loss.
-Test labels map seen ids -> 0..S-1, then unseen ids -> S..S+U-1, the rest -> 255.
+"""Class lists, seen/unseen splits, id lists, and the protocol's 256-entry label lookups:
+training maps the k-th seen class id -> k and everything else (background, unseen, void) -> 255,
+so no unseen label value can reach a loss; test maps seen -> 0..S-1, unseen -> S..S+U-1.
 """
-
-from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,10 +18,9 @@ IGNORE_INDEX = 255
 def read_class_names(path: str | Path) -> list[str]:
     """Read a class-name file: line i is the name of label id i (VOC: line 0 `background`)."""
     path = Path(path)
-    lines = _read_lines(path, "class-name file")
-    while lines and not lines[-1].strip():
-        lines.pop()
-    names = [line.strip() for line in lines]
+    names = [line.strip() for line in _read_lines(path, "class-name file")]
+    while names and not names[-1]:
+        names.pop()
     if not names:
         raise DataError(f"class-name file {path} is empty: expected one class name per line")
     for line_number, name in enumerate(names, start=1):
@@ -46,10 +41,8 @@ def read_class_names(path: str | Path) -> list[str]:
 
 @dataclass(frozen=True)
 class ClassSplit:
-    """Seen / unseen / validation classes as dataset label ids, with their names.
-
-    Model class order is `seen_ids` (split-file order) followed by `unseen_ids`.
-    """
+    """Seen / unseen / validation classes as dataset label ids, with their names. Model class
+    order is `seen_ids` (split-file order) followed by `unseen_ids`."""
 
     class_names: tuple[str, ...]
     seen_ids: tuple[int, ...]
@@ -76,15 +69,13 @@ class ClassSplit:
     def train_lookup(self) -> np.ndarray:
         """(256,) uint8: seen id -> its index 0..S-1, everything else -> 255."""
         lookup = np.full(256, IGNORE_INDEX, dtype=np.uint8)
-        for index, class_id in enumerate(self.seen_ids):
-            lookup[class_id] = index
+        lookup[list(self.seen_ids)] = np.arange(self.num_seen)
         return lookup
 
     def test_lookup(self) -> np.ndarray:
         """(256,) uint8: seen ids -> 0..S-1, unseen ids -> S..S+U-1, everything else -> 255."""
         lookup = np.full(256, IGNORE_INDEX, dtype=np.uint8)
-        for index, class_id in enumerate(self.model_ids):
-            lookup[class_id] = index
+        lookup[list(self.model_ids)] = np.arange(len(self.model_ids))
         return lookup
 
     def known_ids(self) -> set[int]:
@@ -93,10 +84,8 @@ class ClassSplit:
 
 
 def read_split(path: str | Path, class_names: Sequence[str]) -> ClassSplit:
-    """Read a split file (`seen: [...]`, `unseen: [...]`, optional `validation: [...]`).
-
-    Entries are class names from the class-name file (integers are accepted as label ids).
-    """
+    """Read a split file (`seen`, `unseen`, optional `validation`: lists of class names from the
+    class-name file, or label ids)."""
     path = Path(path)
     try:
         content = yaml.safe_load(path.read_text(encoding="utf-8"))
@@ -150,9 +139,8 @@ def _resolve_ids(path: Path, key: str, entries: object, class_names: Sequence[st
 
 
 def read_id_list(path: str | Path) -> list[str]:
-    """Read an image-id list (one id per line, e.g. `2007_000032`), rejecting ids that would
-    escape the dataset root (absolute paths, `..` components) or hold control characters;
-    one error names every bad line."""
+    """Read an image-id list (one id per line); one error names every id that would escape the
+    dataset root (absolute, `..`) or holds control characters."""
     path = Path(path)
     ids, bad = [], []
     for line_number, line in enumerate(_read_lines(path, "image list"), start=1):

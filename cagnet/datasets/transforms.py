@@ -1,12 +1,7 @@
-"""Paired image / label transforms of the training and test pipelines (method.md §4).
-
-Images go in as BGR uint8 (H, W, 3) and come out as float32 (3, h, w) with the per-channel
-mean subtracted (no std: Caffe convention). Labels are resized with nearest neighbour only and
-padded with 255, so no label value is ever invented. All randomness comes from the
-`numpy.random.Generator` passed in, which makes a sample a pure function of its seed.
+"""Paired image / label transforms (method.md §4): BGR uint8 (H, W, 3) images -> float32
+(3, h, w) minus the per-channel mean (no std: Caffe convention); labels only resized with nearest
+neighbour and padded with 255. All randomness comes from the `numpy.random.Generator` passed in.
 """
-
-from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Sequence
@@ -14,7 +9,7 @@ from typing import Sequence
 import cv2
 import numpy as np
 
-IGNORE_INDEX = 255
+from cagnet.datasets.splits import IGNORE_INDEX
 
 
 def subtract_mean(image_bgr: np.ndarray, mean_bgr: Sequence[float]) -> np.ndarray:
@@ -38,10 +33,9 @@ def to_chw(image: np.ndarray) -> np.ndarray:
 
 @dataclass(frozen=True)
 class TrainTransform:
-    """Mean subtraction -> warp to `warp_size` (aspect not kept) -> random scale
-    U(`scale_min`, `scale_max`) -> pad (image 0, label 255) -> random crop -> horizontal flip
-    with probability 0.5. `padding: centred` pads to max(warp_size, crop_size) on all sides
-    (the original release); `bottom_right` pads to the crop size at the bottom and right."""
+    """Mean subtraction -> warp to `warp_size` (aspect not kept) -> random scale -> pad (image
+    0, label 255; `centred`: to max(warp_size, crop_size) on all sides, as the original release,
+    `bottom_right`: to the crop size) -> random crop -> horizontal flip with probability 0.5."""
 
     mean_bgr: tuple[float, float, float]
     warp_size: int
@@ -77,13 +71,12 @@ class TrainTransform:
 @dataclass(frozen=True)
 class EvalTransform:
     """Mean subtraction and a warp of the image to `warp_size` x `warp_size`; the label keeps
-    its original resolution (the evaluator decides how predictions meet it)."""
+    its original resolution."""
 
     mean_bgr: tuple[float, float, float]
     warp_size: int
 
-    def __call__(self, image_bgr: np.ndarray, label: np.ndarray
-                 ) -> tuple[np.ndarray, np.ndarray]:
+    def __call__(self, image_bgr: np.ndarray, label: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         image = subtract_mean(image_bgr, self.mean_bgr)
         image, _ = resize_pair(image, None, self.warp_size, self.warp_size)
         return to_chw(image), np.ascontiguousarray(label, dtype=np.int64)

@@ -1,20 +1,4 @@
-"""Checkpoints: one self-describing dict, written atomically, loaded safely.
-
-A checkpoint holds the model's state dict (saved from the unwrapped model), the optimisers,
-the iteration, the resolved config, the class order and the run's counters. Schedules and
-random draws are pure functions of the iteration, so nothing else is needed for an exact
-resume. Files are loaded with `torch.load(..., weights_only=True)`: a checkpoint from an
-untrusted source cannot execute code.
-
-`model_from_checkpoint` is the one way from a checkpoint to a model (evaluation, prediction,
-calibration, extension, pseudo-labelling); `load_weights` fills a model built from a recipe
-(finetuning from a step-1 checkpoint, resuming).
-
-A run keeps `last.pt` and `previous.pt` (the one before it, a hard link kept before `last.pt` is
-replaced), so a truncated or corrupt `last.pt` still leaves a checkpoint to resume from.
-"""
-
-from __future__ import annotations
+"""Checkpoints: one self-describing dict, written atomically, loaded with `weights_only=True`."""
 
 import logging
 import os
@@ -30,7 +14,7 @@ from cagnet.config import Config, config_from_dict, load_config
 from cagnet.datasets.build import build_split
 from cagnet.datasets.splits import ClassSplit
 from cagnet.errors import CheckpointError, ConfigError
-from cagnet.utils.io import atomic_torch_save
+from cagnet.utils.io import atomic_torch_save, load_torch_file
 
 FORMAT = "cagnet-checkpoint-v1"
 LOGGER = logging.getLogger("cagnet")
@@ -39,17 +23,11 @@ LOGGER = logging.getLogger("cagnet")
 def save_checkpoint(path: str | Path, *, model: torch.nn.Module, iteration: int, config: dict,
                     class_names: list[str], num_seen: int, optimizers: dict | None = None,
                     extra: dict | None = None) -> Path:
-    """Write a checkpoint atomically (temporary file, then rename)."""
-    state = {
-        "format": FORMAT,
-        "iteration": int(iteration),
-        "config": config,
-        "class_names": list(class_names),
-        "num_seen": int(num_seen),
-        "model": {key: value.detach().cpu() for key, value in model.state_dict().items()},
-        "optimizers": optimizers or {},
-        "extra": extra or {},
-    }
+    """Write a checkpoint atomically."""
+    state = {"format": FORMAT, "iteration": int(iteration), "config": config,
+             "class_names": list(class_names), "num_seen": int(num_seen),
+             "model": {key: value.detach().cpu() for key, value in model.state_dict().items()},
+             "optimizers": optimizers or {}, "extra": extra or {}}
     try:
         return atomic_torch_save(path, state)
     except OSError as error:  # a full disk, a vanished folder, a lost network mount
@@ -58,20 +36,17 @@ def save_checkpoint(path: str | Path, *, model: torch.nn.Module, iteration: int,
 
 
 def keep_previous(path: str | Path) -> None:
-    """Before `path` (e.g. `last.pt`) is replaced, keep its current version as `previous.pt`
-    beside it: a hard link where the filesystem allows it (no copy), else a copy. Both steps
-    are atomic, so a crash at any point leaves at least one complete checkpoint."""
+    """Keep the current `path` (`last.pt`) as `previous.pt`: a hard link, else a copy; atomic."""
     path = Path(path)
     if not path.is_file():
         return
-    previous = path.with_name("previous.pt")
     temporary = path.with_name(".previous.pt.link.tmp")
     temporary.unlink(missing_ok=True)
     try:
         os.link(path, temporary)
     except OSError:
         shutil.copyfile(path, temporary)
-    os.replace(temporary, previous)
+    os.replace(temporary, path.with_name("previous.pt"))
 
 
 def check_same_classes(state: dict, class_names: Sequence[str], path: str | Path) -> None:
@@ -81,22 +56,16 @@ def check_same_classes(state: dict, class_names: Sequence[str], path: str | Path
                               f"this config has {list(class_names)} (seen then unseen)")
 
 
-def _differing_settings(stored: dict, current: dict, prefix: str = "model.") -> list[str]:
-    keys = sorted(set(stored) | set(current))
-    return [f"{prefix}{key}: checkpoint {stored.get(key)!r}, config {current.get(key)!r}"
-            for key in keys if stored.get(key) != current.get(key)]
-
-
 def load_weights(model: nn.Module, state: dict, path: str | Path,
                  model_settings: dict | None = None) -> None:
-    """`model.load_state_dict(state["model"])` with an error naming the file and, when the
-    config's `model` section is given, the settings that differ from the checkpoint's (a
-    mismatch of architecture or class-embedding size is otherwise thousands of key names)."""
+    """Load `state["model"]`; errors name the file and the settings that differ."""
     try:
         model.load_state_dict(state["model"])
     except (RuntimeError, KeyError, TypeError) as error:
-        stored = (state.get("config") or {}).get("model") or {}
-        differing = _differing_settings(stored, model_settings) if model_settings else []
+        stored, current = (state.get("config") or {}).get("model") or {}, model_settings or {}
+        differing = [f"model.{key}: checkpoint {stored.get(key)!r}, config {current.get(key)!r}"
+                     for key in sorted(set(stored) | set(current))
+                     if stored.get(key) != current.get(key)] if model_settings else []
         if differing:
             detail = "differing settings: " + "; ".join(differing)
         else:
@@ -107,17 +76,10 @@ def load_weights(model: nn.Module, state: dict, path: str | Path,
 
 
 def load_backbone_init(model: nn.Module, path: str | Path) -> list[str]:
-    """Load an init file (`cagnet pretrain` or `import-checkpoint --init-only` output) into
-    `model.backbone`. Every key in the file must exist in the backbone with the same shape;
-    backbone keys the file lacks (an image-level pretrained trunk has no ASPP) keep their
-    Kaiming init. Returns those keys."""
+    """Load an init file into `model.backbone`; returns the backbone keys it lacks."""
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"model.init: init checkpoint not found: {path}")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises many types for corrupt files
-        raise CheckpointError(f"init checkpoint {path} is corrupt or unsafe: {error}") from None
+    state = load_torch_file(path, f"model.init: init checkpoint not found: {path}",
+                            lambda error: f"init checkpoint {path} is corrupt or unsafe: {error}")
     weights = state.get("backbone") if isinstance(state, dict) else None
     if not isinstance(weights, dict):
         raise CheckpointError(f"{path}: expected a dict with a 'backbone' state dict "
@@ -136,10 +98,7 @@ def load_backbone_init(model: nn.Module, path: str | Path) -> list[str]:
 
 @dataclass
 class LoadedModel:
-    """A checkpoint's model (CPU, eval mode) with the config and classes it runs with.
-
-    `tags[k]` is "seen" for k < num_seen, "added" for classes added by `cagnet extend` (they
-    are unseen classes too) and "unseen" otherwise."""
+    """A checkpoint's model (CPU, eval mode) with its config and classes."""
 
     model: nn.Module
     config: Config
@@ -160,8 +119,7 @@ class LoadedModel:
                 for index, name in enumerate(self.class_names)]
 
     def split(self) -> ClassSplit:
-        """The config's class split (what evaluation reads the test labels with), checked to
-        hold the checkpoint's classes in the checkpoint's order."""
+        """The config's class split, checked to hold the checkpoint's classes in its order."""
         split = build_split(self.config)
         check_same_classes(self.state, split.model_class_names, self.source)
         return split
@@ -169,12 +127,8 @@ class LoadedModel:
 
 def model_from_checkpoint(state: dict, source: str | Path = "checkpoint",
                           config: Config | None = None) -> LoadedModel:
-    """THE way from a checkpoint to a model: the architecture comes from the checkpoint's own
-    config (`model` and `baseline.method`), the classes and their embeddings from its class
-    list and `class_embeddings` buffer, so no dataset, split or embedding file is read.
-    `config` (the stored one by default) only changes what the run does with the model."""
+    """THE way from a checkpoint to a model, built from the checkpoint alone."""
     from cagnet.models.build import build_model
-
     stored = config_from_dict(state["config"])
     embeddings = state["model"].get("class_embeddings")
     if "feature_dim" not in state["config"].get("model", {}) and embeddings is not None:
@@ -197,11 +151,9 @@ def model_from_checkpoint(state: dict, source: str | Path = "checkpoint",
 
 def load_model(path: str | Path, config_path: str | Path | None = None,
                overrides: Sequence[str] = ()) -> LoadedModel:
-    """Load a checkpoint of any method. `config_path` / `overrides` may change the data and
-    evaluation settings (another dataset root, `eval.protocol=original`, ...); the architecture
-    always comes from the checkpoint, so overriding a `model.` or `baseline.` key is refused."""
-    frozen = [text for text in overrides if text.split("=")[0].strip().startswith(
-        ("model.", "baseline."))]
+    """Load a checkpoint; `config_path` / `overrides` may not change the architecture."""
+    frozen = [text for text in overrides
+              if text.split("=")[0].strip().startswith(("model.", "baseline."))]
     if frozen:
         raise ConfigError(f"--set {frozen[0]}: the architecture (model.*, baseline.*) comes "
                           f"from the checkpoint {path} and cannot be overridden")
@@ -214,15 +166,10 @@ def load_model(path: str | Path, config_path: str | Path | None = None,
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Load a checkpoint written by `save_checkpoint` onto the CPU, with errors naming the file
-    for a missing, truncated, corrupt or foreign file."""
+    """Load a `save_checkpoint` file onto the CPU; errors name a missing or bad file."""
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint not found: {path}")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises many types for truncated or foreign files
-        raise CheckpointError(_load_error_message(path, error)) from None
+    state = load_torch_file(path, f"checkpoint not found: {path}",
+                            lambda error: _load_error_message(path, error))
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a cagnet checkpoint (expected format {FORMAT!r}); "
                               "original CaGNet releases go through `cagnet import-checkpoint`")
@@ -247,25 +194,14 @@ def _load_error_message(path: Path, error: Exception) -> str:
             f"{detail.split('. ')[0]}")
 
 
-def checkpoint_paths(run_dir: str | Path) -> list[Path]:
-    """Checkpoints of a run to resume from, newest first: `last.pt`, `previous.pt`, then any
-    `iter_*.pt` by modification time (`best.pt` is a model choice, not a resume point)."""
-    folder = Path(run_dir) / "checkpoints"
-    named = [folder / name for name in ("last.pt", "previous.pt") if (folder / name).is_file()]
-    numbered = sorted(folder.glob("iter_*.pt"), key=lambda p: p.stat().st_mtime, reverse=True)
-    return named + numbered
-
-
 def newest_valid_checkpoint(run_dir: str | Path, usable: Callable[[dict], bool] | None = None
                             ) -> tuple[Path, dict] | None:
-    """The newest checkpoint of `run_dir` that loads (and passes `usable`, when given).
-
-    A corrupt newer file is renamed to `<name>.corrupt` (so that `previous.pt` is never rotated
-    from it) with a warning naming it. Returns None when the run has no checkpoint; raises
-    CheckpointError naming every file when none is valid.
-    """
+    """The newest loadable checkpoint of `run_dir` passing `usable`, or None (corrupt: renamed)."""
+    folder = Path(run_dir) / "checkpoints"  # resume points, newest first (not best.pt)
+    named = [folder / name for name in ("last.pt", "previous.pt") if (folder / name).is_file()]
+    numbered = sorted(folder.glob("iter_*.pt"), key=lambda p: p.stat().st_mtime, reverse=True)
     errors = []
-    for path in checkpoint_paths(run_dir):
+    for path in named + numbered:
         try:
             state = load_checkpoint(path)
         except CheckpointError as error:

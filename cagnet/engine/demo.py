@@ -1,17 +1,5 @@
-"""`cagnet demo`: the whole method on the built-in shapes benchmark, end to end.
+"""`cagnet demo`: pretraining, step 1 and finetune on the shapes benchmark, end to end."""
 
-1. generate the shapes benchmark (once; cached in `<output-dir>/shapes`);
-2. build its class embeddings from its word2vec file through gensim (once);
-3. pretrain the backbone trunk on the image-level corpus (once; cached by its settings);
-4. step 1 (seen classes only) -> `<output-dir>/step1/metrics.json`;
-5. finetune with generated unseen features -> `<output-dir>/finetune/`;
-6. copy the final model's `metrics.json` and `report.md` to `<output-dir>` and print both
-   stages' scores side by side.
-"""
-
-from __future__ import annotations
-
-import logging
 import shutil
 import time
 from pathlib import Path
@@ -23,7 +11,6 @@ from cagnet.engine.pretrain import pretrained_init
 from cagnet.engine.trainer import train
 from cagnet.report.tables import format_scores_line
 
-LOGGER = logging.getLogger("cagnet")
 DEFAULT_RECIPE = "shapes"
 FINETUNE_RECIPE = "shapes_finetune"
 
@@ -56,8 +43,7 @@ def run_demo(output_dir: Path, recipe: str | None = None, overrides: Sequence[st
 def comparison_table(step1: dict, final: dict) -> str:
     """Markdown table of the step-1 model against the finetuned model."""
     keys = [("hIoU", "hiou"), ("mIoU", "miou"), ("seen mIoU", "miou_seen"),
-            ("unseen mIoU", "miou_unseen"), ("pixel acc", "pixel_acc"),
-            ("mean acc", "mean_acc")]
+            ("unseen mIoU", "miou_unseen"), ("pixel acc", "pixel_acc"), ("mean acc", "mean_acc")]
     lines = ["| model | " + " | ".join(label for label, _ in keys) + " |",
              "|---" * (len(keys) + 1) + "|"]
     for name, scores in (("step 1 (seen only)", step1), ("CaGNet (finetuned)", final)):

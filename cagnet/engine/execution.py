@@ -1,19 +1,4 @@
-"""How a training run executes: its process (rank, device), precision and memory format.
-
-`Execution` gathers what the trainer needs from `train.amp`, `train.channels_last`,
-`train.compile` and torchrun's environment, so that the loop itself stays the single-process
-loop with a handful of one-line calls:
-
-- the autocast context factory and the run's one `GradScaler` (fp16 only);
-- the per-rank share of the global `train.batch_size` and the rank's `IterationBatchSampler`
-  (the DistributedSampler of this iteration-based loop: rank r loads its consecutive slice of
-  each global batch, so N processes see exactly the samples of one process);
-- the strided evaluation shard of each rank (confusion matrices are all-reduced, exact);
-- the per-rank seed of per-sample draws, and the steps' `StepContext` (collectives included);
-- whether this process is the main one (logging, TensorBoard, checkpoints, reports).
-"""
-
-from __future__ import annotations
+"""How a run executes: process (torchrun rank, device), precision and memory format."""
 
 from dataclasses import dataclass
 from typing import Callable, ContextManager
@@ -51,24 +36,20 @@ class Execution:
         return self.context.is_main_process
 
     def prepare(self, model: torch.nn.Module) -> torch.nn.Module:
-        """Move `model` to the device, apply channels_last / compile, and give every rank
-        rank 0's weights."""
+        """Move `model` to the device, apply channels_last / compile, broadcast rank 0's weights."""
         model.to(self.device)
         prepare_model(model, self.channels_last, self.compile_backbone)
         distributed.broadcast_module(model)
         return model
 
     @classmethod
-    def single(cls, device: torch.device, batch_size: int = 1, amp: str = "none"
-               ) -> "Execution":
+    def single(cls, device: torch.device, batch_size: int = 1, amp: str = "none") -> "Execution":
         """One process on `device` (the methods that do not support torchrun)."""
         return cls(DistributedContext(device=device), autocast_factory(device, amp),
-                   build_grad_scaler(device, amp), BatchSync(), torch.contiguous_format,
-                   batch_size)
+                   build_grad_scaler(device, amp), BatchSync(), torch.contiguous_format, batch_size)
 
     @property
     def step_context(self) -> StepContext:
-        """What the training steps need: device, autocast, GradScaler, collectives."""
         return StepContext(self.device, self.autocast, self.scaler, self.sync)
 
     def images_to_device(self, images: torch.Tensor) -> torch.Tensor:
@@ -76,13 +57,12 @@ class Execution:
         return images.to(self.device, non_blocking=True, memory_format=self.memory_format)
 
     def seed(self, iteration_seed: int) -> int:
-        """The seed of this rank's per-sample draws (latent noise, dropout) in an iteration;
-        what every rank must draw identically (step-2 labels) uses `iteration_seed` itself."""
+        """The seed of this rank's draws in an iteration."""
         return distributed.rank_seed(iteration_seed, self.context.rank)
 
     def batch_sampler(self, dataset_size: int, seed: int,
                       start_iteration: int) -> IterationBatchSampler:
-        """This rank's endless training batches, from global batch `start_iteration` on."""
+        """This rank's consecutive slice of each global batch, from batch `start_iteration` on."""
         return IterationBatchSampler(dataset_size, self.local_batch_size, seed, start_iteration,
                                      self.context.rank, self.context.world_size)
 
@@ -92,7 +72,6 @@ class Execution:
                                         max_images)
 
     def any_rank(self, flag: bool) -> bool:
-        """True when `flag` is true on some rank (e.g. a stop signal reached one of them)."""
         return not self.sync.all_true(not flag, self.device)
 
     def state_dict(self) -> dict:
@@ -106,19 +85,12 @@ class Execution:
 
 def build_execution(train: TrainConfig, device: torch.device,
                     join_process_group: bool = True) -> Execution:
-    """The execution of this process: joins torchrun's process group when launched by it
-    (`join_process_group`), else a single process on `device`.
-
-    Raises:
-        ConfigError: `train.batch_size` (the global batch) is not divisible by the number of
-            processes.
-    """
+    """This process's execution (in torchrun's process group when launched by it)."""
     context = distributed.initialize(device) if join_process_group \
         else DistributedContext(device=device)
     local_batch = distributed.local_batch_size(train.batch_size, context.world_size)
-    return Execution(context=context, autocast=autocast_factory(context.device, train.amp),
-                     scaler=build_grad_scaler(context.device, train.amp),
-                     sync=BatchSync(context.rank, context.world_size),
-                     memory_format=memory_format(train.channels_last),
-                     local_batch_size=local_batch, channels_last=train.channels_last,
-                     compile_backbone=train.compile)
+    return Execution(context, autocast_factory(context.device, train.amp),
+                     build_grad_scaler(context.device, train.amp),
+                     BatchSync(context.rank, context.world_size),
+                     memory_format(train.channels_last), local_batch, train.channels_last,
+                     train.compile)

@@ -1,22 +1,4 @@
-"""Faults during training: the non-finite loss policy, and clean errors from loader workers.
-
-Non-finite losses (`train.on_nonfinite`, method-independent): a step whose loss is NaN or Inf
-makes no update (the step functions skip it) and is logged with a warning. After
-`train.max_nonfinite_steps` such steps in a row:
-
-- `stop` (the default): raise `TrainingError` naming the iteration and the last checkpoint. A
-  rollback changes the learning-rate schedule, so the run would no longer be the recipe's
-  experiment: that has to be asked for.
-- `rollback`: reload the newest checkpoint written outside a non-finite streak, multiply every
-  learning rate by `train.rollback_lr_factor` from then on, and continue; at most
-  `train.max_rollbacks` times, then stop as above. Every random draw is a function of the
-  iteration, so retrying at the same rate would only repeat the same failure.
-
-DataLoader workers: torch re-raises a worker's exception as the same type with the worker's
-whole traceback as its message; `unwrap_worker_error` recovers the original one-line message.
-"""
-
-from __future__ import annotations
+"""Faults in training: the non-finite loss policy (`train.on_nonfinite`), worker errors."""
 
 from dataclasses import dataclass
 from typing import Iterable, Iterator
@@ -28,11 +10,7 @@ from cagnet.errors import CagnetError
 
 @dataclass
 class NonFiniteMonitor:
-    """Counts non-finite steps in a row and decides what happens next.
-
-    `observe` returns "ok" (finite step), "skip" (non-finite, keep going), "rollback" or "stop".
-    The counters are saved in checkpoints (`state_dict`), so a resumed run decides identically.
-    """
+    """Counts non-finite steps in a row; `observe` says "ok", "skip", "rollback" or "stop"."""
 
     mode: str
     max_steps: int
@@ -77,8 +55,7 @@ class NonFiniteMonitor:
 
 def scale_learning_rates(optimizers: dict[str, torch.optim.Optimizer], rates: dict[str, float],
                          scale: float) -> dict[str, float]:
-    """Multiply every group's learning rate (already set for this iteration) by `scale`;
-    returns the scaled base rates for logging."""
+    """Multiply every group's learning rate by `scale`; returns the scaled base rates."""
     if scale == 1.0:
         return rates
     for optimizer in optimizers.values():
@@ -88,16 +65,12 @@ def scale_learning_rates(optimizers: dict[str, torch.optim.Optimizer], rates: di
 
 
 def unwrap_worker_error(error: CagnetError) -> CagnetError:
-    """The error a DataLoader worker raised, with its own message instead of torch's
-    "Caught DataError in DataLoader worker process 0. Original Traceback ..." text."""
+    """A loader worker's error with its own message instead of torch's "Caught ..." traceback."""
     text = str(error)
     if not text.startswith("Caught ") or "Original Traceback" not in text:
         return error
-    marker = f"{type(error).__module__}.{type(error).__qualname__}: "
-    _, found, message = text.rpartition(marker)
-    if not found:
-        message = text.splitlines()[0]
-    return type(error)(message.strip())
+    _, found, message = text.rpartition(f"{type(error).__module__}.{type(error).__qualname__}: ")
+    return type(error)((message if found else text.splitlines()[0]).strip())
 
 
 class CleanWorkerErrors:
@@ -111,6 +84,3 @@ class CleanWorkerErrors:
             yield from self.loader
         except CagnetError as error:
             raise unwrap_worker_error(error) from None
-
-    def __bool__(self) -> bool:
-        return True

@@ -1,27 +1,9 @@
-"""The one training loop. Every method (CaGNet step 1 and its mixed finetune, self-training,
-SPNet, ZS3Net, image-level pretraining, class extension) is a `Method` that this loop drives,
-so each gets the same guarantees:
-
-- **exact resume**: everything random in iteration t is seeded from (seed, t), schedules are
-  functions of t, the training batches are a function of (seed, batch number); the loop's own
-  counters (`run_state.py`) and the method's extra state travel in the checkpoint, so a run
-  resumed at t continues as if never stopped (bit for bit on the CPU with
-  `train.deterministic: true`), after SIGKILL too;
-- **graceful stops**: SIGTERM / SIGINT finish the iteration, write `last.pt` and raise
-  `RunStopped` (`signals.py`);
-- **non-finite losses**: `train.on_nonfinite` (`faults.py`): skip, roll back or stop;
-- a progress bar, `log.jsonl` + TensorBoard records, periodic checkpoints and validation,
-  the free-space check, and the final evaluation.
-
-A run without a folder (`run_dir=None`, e.g. extending a model in memory) has no checkpoints:
-a stop signal then ends it with `RunStopped` and non-finite streaks can only stop it.
-"""
-
-from __future__ import annotations
+"""The one training loop that drives every `Method`: exact resume (what is random in iteration t
+is seeded from (seed, t)), graceful stops, the non-finite policy, logs, checkpoints, evaluation."""
 
 import logging
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import torch
@@ -30,8 +12,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from cagnet.config import TrainConfig
 from cagnet.datasets.segmentation import collate_samples
-from cagnet.engine.checkpoint import (keep_previous, load_weights, newest_valid_checkpoint,
-                                      save_checkpoint)
+from cagnet.engine.checkpoint import (check_same_classes, keep_previous, load_weights,
+                                      newest_valid_checkpoint, save_checkpoint)
 from cagnet.engine.execution import Execution
 from cagnet.engine.faults import NonFiniteMonitor, scale_learning_rates, unwrap_worker_error
 from cagnet.engine.run_dir import (check_free_space, estimate_checkpoint_bytes, log_size,
@@ -64,10 +46,9 @@ class LoopSettings:
 
     @classmethod
     def from_train(cls, train: TrainConfig, iterations: int | None = None) -> "LoopSettings":
-        return cls(iterations if iterations is not None else train.iterations, train.seed,
-                   train.log_interval, train.checkpoint_interval, train.eval_interval,
-                   train.best_metric, train.on_nonfinite, train.max_nonfinite_steps,
-                   train.rollback_lr_factor, train.max_rollbacks)
+        values = {item.name: getattr(train, item.name) for item in fields(cls)}  # same names
+        values["iterations"] = train.iterations if iterations is None else iterations
+        return cls(**values)
 
 
 @dataclass
@@ -79,9 +60,7 @@ class TrainResult:
 
 
 class Method:
-    """What a training method plugs into the loop. A subclass sets `model`, `optimizers` (name
-    -> optimizer), `dataset` (None when its steps read no training images) and overrides
-    `step`; the other hooks have defaults."""
+    """A training method: sets `model`, `optimizers`, `dataset` and `step`; hooks have defaults."""
 
     name = "train"
     model: nn.Module
@@ -105,8 +84,7 @@ class Method:
         return {}
 
     def step(self, iteration: int, batch: dict | None) -> dict[str, float]:
-        """One update; returns its terms as floats plus `skipped` (1.0 when a non-finite term
-        made it skip the update, leaving every weight unchanged)."""
+        """One update: its terms as floats plus `skipped` (1.0: non-finite, nothing updated)."""
         raise NotImplementedError
 
     def initialise(self) -> None:
@@ -133,19 +111,11 @@ class Method:
     def load_extra_state(self, extra: dict) -> None:
         pass
 
-    def title(self) -> str:
-        return self.name
-
 
 def run(method: Method, settings: LoopSettings, run_dir: str | Path | None, *,
         execution: Execution | None = None, resume: bool = False, overwrite: bool = False,
         show_progress: bool = True) -> TrainResult:
-    """Run `method` for `settings.iterations` into `run_dir` (see the module docstring).
-
-    Raises:
-        RunStopped: SIGTERM / SIGINT stopped the run (after writing `last.pt` in a run folder).
-        CagnetError: bad data, config or checkpoint; TrainingError for non-finite losses.
-    """
+    """Run `method` for `settings.iterations` into `run_dir`; raises RunStopped on a signal."""
     execution = execution or Execution.single(next(method.model.parameters()).device)
     run_dir = Path(run_dir) if run_dir is not None else None
     if run_dir is not None and execution.is_main_process:
@@ -186,8 +156,7 @@ class TrainingLoop:
     def __init__(self, method: Method, settings: LoopSettings, run_dir: Path | None,
                  execution: Execution, show_progress: bool) -> None:
         self.method, self.settings, self.run_dir = method, settings, run_dir
-        self.execution = execution
-        self.show_progress = show_progress and execution.is_main_process
+        self.execution, self.show_progress = execution, show_progress and execution.is_main_process
         self.state = RunState()
         self.faults = NonFiniteMonitor(settings.on_nonfinite, settings.max_nonfinite_steps,
                                        settings.rollback_lr_factor, settings.max_rollbacks)
@@ -205,8 +174,7 @@ class TrainingLoop:
         workers = self.method.num_workers
         return iter(DataLoader(dataset, batch_sampler=sampler, collate_fn=collate_samples,
                                num_workers=workers, persistent_workers=workers > 0,
-                               worker_init_fn=shield_worker_from_stop_signals if workers
-                               else None))
+                               worker_init_fn=shield_worker_from_stop_signals))
 
     def run(self, purge_step: int | None = None) -> TrainResult:
         total = self.settings.iterations
@@ -217,10 +185,8 @@ class TrainingLoop:
         if self.extension:
             self.log.write("run", self.state.iteration, self.extension)
         from tqdm import tqdm
-
-        self.progress = tqdm(total=total, initial=self.state.iteration, unit="it",
-                             disable=not self.show_progress, dynamic_ncols=True,
-                             desc=self.method.name)
+        self.progress = tqdm(total=total, initial=self.state.iteration, desc=self.method.name,
+                             unit="it", disable=not self.show_progress, dynamic_ncols=True)
         try:
             with StopRequest() as stop:
                 while self.state.iteration < total:
@@ -242,9 +208,8 @@ class TrainingLoop:
         terms = self.method.step(iteration, batch)
         action = self.faults.observe(bool(terms.pop("skipped", 0.0)))
         if action != "ok":
-            LOGGER.warning("%s iteration %d: non-finite loss %s, update skipped",
-                           self.method.name, iteration,
-                           {k: v for k, v in terms.items() if not math.isfinite(v)})
+            LOGGER.warning("%s iteration %d: non-finite loss %s, update skipped", self.method.name,
+                           iteration, {k: v for k, v in terms.items() if not math.isfinite(v)})
         if action == "rollback" and self.run_dir is not None:
             return self._rollback(iteration)
         if action in ("rollback", "stop"):
@@ -298,13 +263,12 @@ class TrainingLoop:
             keep_previous(path)
         method = self.method
         extra = self.state.extra(self.faults.state_dict(), log_size(self.run_dir), scores)
+        optimizers = {key: optimizer.state_dict() for key, optimizer in method.optimizers.items()}
         save_checkpoint(path, model=method.model, iteration=self.state.iteration,
                         config=method.config or {}, class_names=method.class_names,
-                        num_seen=method.num_seen,
-                        optimizers={key: optimizer.state_dict()
-                                    for key, optimizer in method.optimizers.items()},
-                        extra={**extra, **self.execution.state_dict(),
-                               **method.extra_state(), "iterations": self.settings.iterations})
+                        num_seen=method.num_seen, optimizers=optimizers,
+                        extra={**extra, **self.execution.state_dict(), **method.extra_state(),
+                               "iterations": self.settings.iterations})
         if name == "last.pt":
             self.saved_iteration = self.state.iteration
         return path
@@ -312,9 +276,7 @@ class TrainingLoop:
     def restore(self, path: Path, state: dict) -> None:
         """Load model, optimisers, loop and method state from a checkpoint of this run."""
         method = self.method
-        if state.get("class_names") != list(method.class_names):
-            raise CheckpointError(f"{path} was trained for classes {state.get('class_names')}, "
-                                  f"but this run has {list(method.class_names)}")
+        check_same_classes(state, method.class_names, path)
         load_weights(method.model, state, path, (method.config or {}).get("model"))
         try:
             for key, optimizer in method.optimizers.items():
@@ -330,11 +292,9 @@ class TrainingLoop:
         self.saved_iteration = state["iteration"] if path.name == "last.pt" else -1
 
     def _rollback(self, iteration: int) -> None:
-        """Reload the newest checkpoint written outside a non-finite streak and continue from
-        it with every learning rate multiplied by `train.rollback_lr_factor` once more."""
-        found = newest_valid_checkpoint(
-            self.run_dir, usable=lambda state: not state["extra"].get("nonfinite", {})
-            .get("streak", 0))
+        """Continue from the newest checkpoint outside a non-finite streak, with lower rates."""
+        found = newest_valid_checkpoint(self.run_dir, usable=lambda state: not state["extra"]
+                                        .get("nonfinite", {}).get("streak", 0))
         if found is None:
             raise TrainingError(self.faults.stop_message(iteration, "none to roll back to"))
         path, state = found
@@ -358,8 +318,7 @@ class TrainingLoop:
             path = self.run_dir / "checkpoints" / "last.pt"
             if self.saved_iteration != self.state.iteration:
                 path = self.checkpoint("last.pt")
-            where = (f"checkpoint written to {path}; continue with the same command plus "
-                     "--resume")
+            where = f"checkpoint written to {path}; continue with the same command plus --resume"
         raise RunStopped(f"stopped by {stop.signal_name} after iteration {self.state.iteration} "
                          f"of {self.settings.iterations}; {where}", stop.exit_code)
 

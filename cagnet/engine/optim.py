@@ -1,13 +1,4 @@
-"""Optimisers with the parameter groups of method.md §3.3, and their learning rates per
-iteration.
-
-Backbone: SGD with groups trunk 1x, contextual module 5x, ASPP weights 10x, ASPP biases 20x (no
-weight decay); poly decay. Discriminator and generator: Adam with step decay. Frozen BatchNorm
-parameters and (by default, as in the original) the contextual module's scale selector are not
-trainable and belong to no group.
-"""
-
-from __future__ import annotations
+"""Optimisers with the parameter groups of method.md §3.3 and their per-iteration rates."""
 
 from dataclasses import dataclass
 
@@ -20,8 +11,7 @@ from cagnet.engine.schedules import poly_lr, step_decay
 
 @dataclass
 class Optimizers:
-    """The optimisers of CaGNet; `backbone` is None when the backbone is frozen, `generator`
-    when only the classifier trains (class extension)."""
+    """CaGNet's optimisers; `backbone` is None when frozen, `generator` for class extension."""
 
     backbone: torch.optim.Optimizer | None
     discriminator: torch.optim.Optimizer
@@ -37,42 +27,29 @@ class Optimizers:
             optimizer.zero_grad(set_to_none=True)
 
 
-def backbone_parameter_groups(backbone: nn.Module, context: nn.Module | None,
-                              optim: OptimConfig) -> list[dict]:
-    """Split the trainable parameters of `backbone` and `context` (the contextual module; None
-    for SPNet) into the four learning-rate groups. A backbone without an `aspp` attribute puts
-    everything in the trunk group."""
+def backbone_optimizer(backbone: nn.Module, context: nn.Module | None,
+                       optim: OptimConfig) -> torch.optim.SGD:
+    """SGD with momentum over the backbone's learning-rate groups (method.md §3.3)."""
     aspp = getattr(backbone, "aspp", None)
-    aspp_parameters = [p for p in aspp.parameters() if p.requires_grad] if aspp is not None \
-        else []
+    aspp_parameters = [p for p in aspp.parameters() if p.requires_grad] if aspp is not None else []
     aspp_ids = {id(p) for p in aspp_parameters}
     trunk = [p for p in backbone.parameters() if p.requires_grad and id(p) not in aspp_ids]
     context_parameters = [p for p in context.parameters() if p.requires_grad] \
         if context is not None else []
-    groups = [
-        {"params": trunk, "lr_mult": optim.lr_mult_trunk, "name": "trunk"},
-        {"params": context_parameters, "lr_mult": optim.lr_mult_context, "name": "context"},
-        {"params": [p for p in aspp_parameters if p.ndim > 1],
-         "lr_mult": optim.lr_mult_aspp_weight, "name": "aspp_weight"},
-        {"params": [p for p in aspp_parameters if p.ndim == 1],
-         "lr_mult": optim.lr_mult_aspp_bias, "name": "aspp_bias", "weight_decay": 0.0},
-    ]
-    return [group for group in groups if group["params"]]
-
-
-def backbone_optimizer(backbone: nn.Module, context: nn.Module | None,
-                       optim: OptimConfig) -> torch.optim.SGD:
-    """SGD with momentum over the backbone's learning-rate groups (method.md §3.3)."""
-    return torch.optim.SGD(backbone_parameter_groups(backbone, context, optim),
-                           lr=optim.backbone_lr, momentum=optim.backbone_momentum,
+    groups = [{"params": trunk, "lr_mult": optim.lr_mult_trunk, "name": "trunk"},
+              {"params": context_parameters, "lr_mult": optim.lr_mult_context, "name": "context"},
+              {"params": [p for p in aspp_parameters if p.ndim > 1],
+               "lr_mult": optim.lr_mult_aspp_weight, "name": "aspp_weight"},
+              {"params": [p for p in aspp_parameters if p.ndim == 1],
+               "lr_mult": optim.lr_mult_aspp_bias, "name": "aspp_bias", "weight_decay": 0.0}]
+    return torch.optim.SGD([group for group in groups if group["params"]], lr=optim.backbone_lr,
+                           momentum=optim.backbone_momentum,
                            weight_decay=optim.backbone_weight_decay)
 
 
 def build_optimizers(model: nn.Module, optim: OptimConfig, train_backbone: bool) -> Optimizers:
-    """The optimisers for `model` (a `CaGNet`); learning rates are set per iteration by
-    `set_learning_rates`."""
-    backbone = backbone_optimizer(model.backbone, model.context, optim) if train_backbone \
-        else None
+    """The optimisers of a `CaGNet` (rates are set per iteration by `set_learning_rates`)."""
+    backbone = backbone_optimizer(model.backbone, model.context, optim) if train_backbone else None
     betas = (optim.adam_betas[0], optim.adam_betas[1])
     discriminator = torch.optim.Adam(model.discriminator.parameters(), lr=optim.discriminator_lr,
                                      betas=betas, weight_decay=optim.discriminator_weight_decay)

@@ -1,16 +1,6 @@
-"""Image-level classification pretraining of the backbone trunk (`cagnet pretrain`), as a
-method of the one loop (resume, stop signals, the non-finite policy, logs).
+"""Image-level pretraining of the backbone trunk (`cagnet pretrain`) into a `model.init` file."""
 
-The trunk (stem + res2..res5, and the ASPP with `pretrain.include_aspp`) is trained with a
-global-average-pool linear classifier on the corpus (`cagnet/datasets/corpus.py`); a tenth of
-it is held out to report accuracy. The trunk weights are then written as an init file that
-recipes load through `model.init`, exactly like an ImageNet init. Batches and augmentations
-come from one generator whose state travels in the checkpoints, so a resumed run draws what
-an uninterrupted one would.
-"""
-
-from __future__ import annotations
-
+import json
 import logging
 from pathlib import Path
 
@@ -24,7 +14,7 @@ from cagnet.datasets.corpus import augment, read_corpus
 from cagnet.engine import loop
 from cagnet.engine.schedules import warmup_cosine_lr
 from cagnet.errors import ConfigError
-from cagnet.utils.io import atomic_torch_save
+from cagnet.utils.io import atomic_torch_save, atomic_write_json
 from cagnet.utils.runtime import RunLog, apply_run_settings, resolve_device
 
 LOGGER = logging.getLogger("cagnet")
@@ -33,24 +23,16 @@ INIT_FILE = "backbone_init.pt"
 
 
 def swap_batchnorm(module: nn.Module, to_trainable: bool) -> nn.Module:
-    """Replace every `FrozenBatchNorm2d` by a trainable `nn.BatchNorm2d` (or back), carrying
-    the affine parameters and running statistics over.
-
-    Image-level pretraining trains BatchNorm as ImageNet pretraining does; segmentation training
-    then freezes the learned statistics, exactly as DeepLab-v2 does with its ImageNet init.
-    """
+    """Replace every `FrozenBatchNorm2d` by a trainable `nn.BatchNorm2d` (or back)."""
     from cagnet.models import FrozenBatchNorm2d
-
     source_type = FrozenBatchNorm2d if to_trainable else nn.BatchNorm2d
     for name, child in module.named_children():
         if isinstance(child, source_type):
             replacement = (nn.BatchNorm2d(child.num_features, eps=child.eps) if to_trainable
                            else FrozenBatchNorm2d(child.num_features, eps=child.eps))
             with torch.no_grad():
-                replacement.weight.copy_(child.weight)
-                replacement.bias.copy_(child.bias)
-                replacement.running_mean.copy_(child.running_mean)
-                replacement.running_var.copy_(child.running_var)
+                for key in ("weight", "bias", "running_mean", "running_var"):
+                    getattr(replacement, key).copy_(getattr(child, key))
             replacement.weight.requires_grad_(to_trainable)
             replacement.bias.requires_grad_(to_trainable)
             setattr(module, name, replacement.to(child.weight.device))
@@ -60,12 +42,7 @@ def swap_batchnorm(module: nn.Module, to_trainable: bool) -> nn.Module:
 
 
 class TrunkClassifier(nn.Module):
-    """Backbone -> global average pool -> linear classifier.
-
-    With `include_aspp` the pooled features are the ASPP output (the embedding-space map the
-    segmentation model uses), so the ASPP is pretrained too, as in DeepLab-v2's init file;
-    otherwise they are the trunk's res5 output.
-    """
+    """Backbone (with `include_aspp` its ASPP too, else res5) -> average pool -> linear."""
 
     def __init__(self, backbone: nn.Module, num_classes: int, include_aspp: bool) -> None:
         super().__init__()
@@ -120,8 +97,7 @@ class Pretraining(loop.Method):
 
     def step(self, iteration: int, batch: dict | None) -> dict[str, float]:
         self.model.train()
-        picks = self.train_index[torch.randint(len(self.train_index),
-                                               (self.settings.batch_size,),
+        picks = self.train_index[torch.randint(len(self.train_index), (self.settings.batch_size,),
                                                generator=self.draws)]
         inputs = augment(self.images[picks], self.draws).to(self.device)
         loss = F.cross_entropy(self.model(inputs), self.targets[picks].to(self.device))
@@ -144,11 +120,21 @@ class Pretraining(loop.Method):
         save_config(self.run_config, run_dir / "config.yaml")
 
     def evaluate(self, report_dir: Path | None, log: RunLog) -> dict:
-        accuracy = evaluate_accuracy(self.model, self.images[self.test_index],
-                                     self.targets[self.test_index], self.device)
+        accuracy = self._held_out_accuracy()
         self.summary = {"held_out_accuracy": accuracy, "num_images": len(self.targets),
                         "num_classes": len(self.label_values)}
         return {"held_out_accuracy": accuracy}
+
+    @torch.no_grad()
+    def _held_out_accuracy(self, batch_size: int = 128) -> float:
+        images, targets = self.images[self.test_index], self.targets[self.test_index]
+        self.model.eval()
+        correct = 0
+        for start in range(0, len(targets), batch_size):
+            logits = self.model(images[start:start + batch_size].to(self.device))
+            correct += int((logits.argmax(1).cpu() == targets[start:start + batch_size]).sum())
+        self.model.train()
+        return correct / max(1, len(targets))
 
     def finish(self, run_dir: Path | None) -> None:
         """Write the trunk (frozen BatchNorm again) as `<run_dir>/backbone_init.pt`."""
@@ -163,25 +149,10 @@ class Pretraining(loop.Method):
                         self.summary["held_out_accuracy"], run_dir / INIT_FILE)
 
 
-@torch.no_grad()
-def evaluate_accuracy(model: nn.Module, images: torch.Tensor, targets: torch.Tensor,
-                      device: torch.device, batch_size: int = 128) -> float:
-    model.eval()
-    correct = 0
-    for start in range(0, len(targets), batch_size):
-        logits = model(images[start:start + batch_size].to(device))
-        correct += int((logits.argmax(1).cpu() == targets[start:start + batch_size]).sum())
-    model.train()
-    return correct / max(1, len(targets))
-
-
 def pretrain(config: Config, run_dir: str | Path, *, resume: bool = False,
              overwrite: bool = False, show_progress: bool = True) -> dict:
-    """`cagnet pretrain`: build the configured backbone (its ASPP of `model.feature_dim`
-    outputs), pretrain it on `config.pretrain.corpus` into `run_dir` and write
-    `<run_dir>/backbone_init.pt`; returns the summary (held-out accuracy, counts)."""
+    """`cagnet pretrain` into `run_dir`; returns the summary (held-out accuracy, counts)."""
     from cagnet.models.build import build_backbone
-
     if not config.pretrain.corpus:
         raise ConfigError("pretrain.corpus: no corpus folder configured")
     config = with_absolute_paths(config)
@@ -197,12 +168,7 @@ def pretrain(config: Config, run_dir: str | Path, *, resume: bool = False,
 
 
 def pretrained_init(config: Config, run_dir: Path, show_progress: bool = True) -> Path:
-    """The init file of `pretrain(config)` in `run_dir`, trained once and reused while the
-    settings it depends on (model, pretraining, seed) are unchanged."""
-    import json
-
-    from cagnet.utils.io import atomic_write_json
-
+    """The init file of `pretrain(config)` in `run_dir`, reused while its settings hold."""
     values = config_to_dict(config)
     signature = {"model": values["model"], "pretrain": values["pretrain"],
                  "seed": config.train.seed}

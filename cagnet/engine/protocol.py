@@ -1,13 +1,4 @@
-"""The protocol card: everything a reader needs to compare a number with another one.
-
-Written as `protocol.json` into every run directory at training start, and into every report.
-It states the setting (generalized zero-shot, inductive), how background is handled, what
-happens to training pixels and images of unseen classes, the evaluation protocol and resolution,
-the embedding file with its sha256 and its sources, and the split.
-"""
-
-from __future__ import annotations
-
+"""The protocol card (`protocol.json`): everything needed to compare one number with another."""
 
 from cagnet.class_embeddings import read_sidecar, sha256_file
 from cagnet.config import Config
@@ -65,15 +56,12 @@ def protocol_card(config: Config, split: ClassSplit, embedding_dim: int) -> dict
         "evaluation": describe_protocol(config.eval.protocol, config.eval.warp_size),
         "evaluation_resolution": EVALUATION_RESOLUTION.get(config.eval.protocol,
                                                            config.eval.protocol),
-        "protocol": config.eval.protocol,
-        "dataset_root": str(config.data.root),
-        "layout": config.data.layout,
-        "train_list": str(config.data.train_list),
+        "protocol": config.eval.protocol, "dataset_root": str(config.data.root),
+        "layout": config.data.layout, "train_list": str(config.data.train_list),
         "test_list": str(config.data.val_list),
         "class_names_file": str(resolve_path(config.data.class_names, config.data.root)),
         "split_file": str(resolve_path(config.data.split, config.data.root)),
-        "embeddings": str(path),
-        "embedding_sha256": sha256_file(path) if path.is_file() else None,
+        "embeddings": str(path), "embedding_sha256": sha256_file(path) if path.is_file() else None,
         "embedding_dim": int(embedding_dim),
         "embedding_sources": [{"kind": s.get("kind"), "sha256": s.get("sha256")}
                               for s in sources if isinstance(s, dict)],

@@ -1,14 +1,9 @@
-"""The run directory and the checks made before training starts: refuse to clobber a run,
-check that the folder can hold the checkpoints and that every listed file exists, warn about
-settings changed on resume, keep `log.jsonl` consistent with the checkpoint a run resumes from,
-and report the samples that `data.on_bad_sample: skip` left out.
-"""
-
-from __future__ import annotations
+"""The run directory: checks before training, resume bookkeeping, skipped-sample report."""
 
 import json
 import logging
 import shutil
+from collections import Counter
 from pathlib import Path
 
 import torch
@@ -45,8 +40,7 @@ def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
 
 
 def check_listed_files(dataset, key: str, list_path: str, skip: bool) -> None:
-    """Every image and mask a list names must exist (checked before training, not hours in).
-    With `data.on_bad_sample: skip` missing training files are only reported."""
+    """Every file a list names must exist (with `skip`, missing ones are only reported)."""
     missing = dataset.missing_files()
     if not missing:
         return
@@ -71,22 +65,17 @@ def warn_config_changes(stored: dict, current: dict, path: Path, prefix: str = "
 
 def estimate_checkpoint_bytes(model: torch.nn.Module,
                               optimizers: dict[str, torch.optim.Optimizer]) -> int:
-    """An upper estimate of one checkpoint's size: the model's state plus the optimisers' state
-    (Adam keeps two tensors per parameter, SGD with momentum one), plus 1 MiB of metadata."""
-    model_bytes = sum(value.numel() * value.element_size()
-                      for value in model.state_dict().values())
-    state_bytes = 0
+    """An upper estimate of one checkpoint's size (model, optimiser state, metadata)."""
+    total = sum(value.numel() * value.element_size() for value in model.state_dict().values())
     for optimizer in optimizers.values():
         copies = 2 if isinstance(optimizer, (torch.optim.Adam, torch.optim.AdamW)) else 1
         for group in optimizer.param_groups:
-            state_bytes += copies * sum(p.numel() * p.element_size() for p in group["params"])
-    return model_bytes + state_bytes + 2 ** 20
+            total += copies * sum(p.numel() * p.element_size() for p in group["params"])
+    return total + 2 ** 20
 
 
 def check_free_space(run_dir: Path, checkpoint_bytes: int, keeps_best: bool) -> None:
-    """Raise unless `run_dir` has room for the checkpoints this run will add: `last.pt`,
-    `previous.pt` (and `best.pt` with evaluation), each not yet there, plus the temporary copy
-    an atomic write needs."""
+    """Raise unless `run_dir` has room for the checkpoints this run will add."""
     folder = run_dir / "checkpoints"
     names = ("last.pt", "previous.pt") + (("best.pt",) if keeps_best else ())
     new_files = [name for name in names if not (folder / name).is_file()]
@@ -100,18 +89,16 @@ def check_free_space(run_dir: Path, checkpoint_bytes: int, keeps_best: bool) -> 
             "choose another --output-dir")
 
 
-def _size(count: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if count < 1024 or unit == "GiB":
+def _size(count: float) -> str:
+    for unit in ("B", "KiB", "MiB"):
+        if count < 1024:
             return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
         count /= 1024
-    return str(count)
+    return f"{count:.1f} GiB"
 
 
 def truncate_log(path: Path, size: int | None, iteration: int) -> None:
-    """Drop the records a resumed run is about to write again: cut `log.jsonl` back to its
-    size when the checkpoint was written (`size`), or, for checkpoints without that number,
-    drop records past the checkpoint's `iteration`."""
+    """Cut `log.jsonl` back to `size` (or, without it, to `iteration`) on resume."""
     if not path.is_file():
         return
     if size is not None:
@@ -141,13 +128,11 @@ def log_size(run_dir: Path) -> int:
 
 
 def open_run_log(run_dir: Path, purge_step: int | None) -> RunLog:
-    """The run's log; on resume TensorBoard discards its events from `purge_step` on, so the
-    curves of a resumed run do not overlap."""
+    """The run's log; on resume TensorBoard discards its events from `purge_step` on."""
     log = RunLog(run_dir, tensorboard=purge_step is None)
     if purge_step is not None:
         try:
             from torch.utils.tensorboard import SummaryWriter
-
             log.writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=purge_step)
         except ImportError:
             LOGGER.warning("tensorboard is not installed: scalars go to log.jsonl only")
@@ -155,22 +140,17 @@ def open_run_log(run_dir: Path, purge_step: int | None) -> RunLog:
 
 
 def report_skipped_samples(run_dir: Path, skipped: list[str]) -> None:
-    """`data.on_bad_sample: skip`: list the skipped ids in `skipped_samples.txt` (id and how often
-    it was skipped), and add the counts to `metrics.json` and a line to `report.md`."""
-    counts: dict[str, int] = {}
-    for name in skipped:
-        counts[name] = counts.get(name, 0) + 1
-    lines = [f"{name}\t{count}" for name, count in sorted(counts.items())]
+    """Write `skipped_samples.txt`; add the counts to `metrics.json` and `report.md`."""
+    counts = Counter(skipped)
     atomic_write_text(run_dir / SKIPPED_FILE,
                       "# id\ttimes skipped (unreadable or invalid, data.on_bad_sample: skip)\n"
-                      + "".join(line + "\n" for line in lines))
+                      + "".join(f"{name}\t{count}\n" for name, count in sorted(counts.items())))
     summary = {"unique": len(counts), "events": len(skipped), "ids": sorted(counts),
                "file": SKIPPED_FILE}
     metrics_path = run_dir / "metrics.json"
     if metrics_path.is_file():
         metrics = json.loads(metrics_path.read_text(encoding="utf-8"))
-        metrics["skipped_samples"] = summary
-        atomic_write_json(metrics_path, metrics)
+        atomic_write_json(metrics_path, {**metrics, "skipped_samples": summary})
     report_path = run_dir / "report.md"
     if report_path.is_file():
         text = report_path.read_text(encoding="utf-8").rstrip("\n")

@@ -1,14 +1,4 @@
-"""The training loop's own state, saved in every checkpoint's `extra` so that a resumed run
-continues exactly as if never stopped.
-
-Schedules and random draws are functions of the iteration, so the weights need nothing else.
-What the loop itself accumulates does: the best validation score, the ids of skipped samples,
-the non-finite streak and rollback counters, the partial sums of the current log interval (else
-the first log record after a resume would average fewer iterations), and the size of
-`log.jsonl` when the checkpoint was written (records past it are truncated on resume).
-"""
-
-from __future__ import annotations
+"""The loop's own state, saved in every checkpoint so that a resumed run continues exactly."""
 
 import math
 import time
@@ -41,8 +31,7 @@ class IntervalStats:
         record = {name: self.totals[name] / self.counts[name] for name in self.totals}
         record.update({f"lr_{name}": rate for name, rate in rates.items()})
         record["seconds_per_iteration"] = self.elapsed() / max(1, self.iterations)
-        self.totals, self.counts, self.iterations, self.seconds = {}, {}, 0, 0.0
-        self._tick = time.perf_counter()
+        self.load_state_dict({})
         return record
 
     def state_dict(self) -> dict:

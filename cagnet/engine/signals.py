@@ -1,16 +1,4 @@
-"""Graceful stops: SIGTERM and SIGINT ask the training loop to stop at the end of the current
-iteration, write a checkpoint and exit, instead of killing the process mid-step.
-
-Exit status: 128 + the signal number (SIGINT 130, SIGTERM 143), the shell's convention for "ended
-by this signal". A stopped run is *not* finished, so it must not exit 0: a pipeline such as
-`cagnet train ... && cagnet finetune ...` would otherwise go on with an unfinished model. The
-message printed names the checkpoint and says to continue with `--resume`.
-
-A second SIGINT while a stop is pending raises `KeyboardInterrupt` at once (no checkpoint: the
-newest periodic one stays valid, since every checkpoint is written atomically).
-"""
-
-from __future__ import annotations
+"""Graceful stops: SIGTERM / SIGINT end a run after the iteration, with a checkpoint."""
 
 import signal
 import sys
@@ -21,8 +9,7 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 class RunStopped(Exception):
-    """Training stopped on request after writing a checkpoint. Not a `CagnetError`: nothing is
-    wrong; the CLI prints the message and exits with `exit_code`."""
+    """Training stopped on request (not a `CagnetError`); the CLI exits with `exit_code`."""
 
     def __init__(self, message: str, exit_code: int) -> None:
         super().__init__(message)
@@ -30,8 +17,7 @@ class RunStopped(Exception):
 
 
 class StopRequest:
-    """Context manager: while active (in the main thread), SIGTERM and SIGINT only record that a
-    stop was asked for; the loop polls `requested` after every iteration."""
+    """While active (main thread), SIGTERM and SIGINT only record a stop request."""
 
     def __init__(self) -> None:
         self.signal_number: int | None = None
@@ -69,12 +55,7 @@ class StopRequest:
 
 
 def shield_worker_from_stop_signals(worker_id: int) -> None:
-    """DataLoader `worker_init_fn`. Ctrl-C reaches the whole foreground process group and
-    schedulers send SIGTERM to every process of a job; a worker that died of it would make torch
-    raise in the main process at an arbitrary point, possibly mid-update. So workers ignore
-    SIGINT and the first SIGTERM: the main process stops at the end of the iteration and shuts
-    them down. A second SIGTERM (torch's and multiprocessing's clean-up of a stuck worker) ends
-    the worker as usual; a dead main process ends them through torch's parent watchdog."""
+    """DataLoader `worker_init_fn`: ignore SIGINT and the first SIGTERM (the loop stops them)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, _worker_first_sigterm)
 

@@ -1,40 +1,5 @@
-"""The two training steps of CaGNet, each composed from the model and the pure loss functions.
-
-Step 1 (`feature_generation_step`) runs the backbone once at every training scale and backs
-each total loss into its own module with `backward(inputs=...)`:
-
-- discriminator: `adv * L_gan_D + cls_real * L_cls_real + cls_fake * L_cls_fake`
-- generator:     `adv * L_gan_G + content * L_content + cls_fake * L_cls_fake`
-- backbone:      `kl * KL + cls_real * L_cls_real` (skipped when the backbone is frozen)
-
-Update order (documented, as method.md §2 asks): every gradient is taken at the *current*
-weights, then the three optimisers step together. The original steps the discriminator first and
-then back-propagates the generator and backbone losses through the already-updated
-discriminator (PyTorch 1.4 semantics); doing that here would need a second discriminator forward
-per loss, and the backbone forward is never run twice. The generator's input
-`[embedding(label), z]` is detached, so no generator loss reaches the backbone. With the backbone
-frozen (finetune phase) the backbone and contextual module run under `no_grad`: no graph, no
-backward through them.
-
-Step 2 (`classifier_step`) never touches the backbone: it samples a label map of the feature
-grid's size over seen + unseen classes, generates features from N(0, I) latents and trains the
-classifier on them.
-
-Mixed precision: the forward runs in the caller's autocast context; every loss term is computed
-from fp32 copies outside it (KL, CE reductions, MMD and the gradient penalty in fp32). One
-`GradScaler` (enabled for fp16 only; a pass-through otherwise) scales each of the three totals
-before its backward, `scaler.step` steps each optimiser that received gradients (it skips one
-whose gradients hold an Inf/NaN) and `scaler.update()` runs exactly once per iteration that
-reached the backward pass. An iteration whose loss is non-finite is skipped before any backward,
-leaving the scaler untouched.
-
-Several processes (`sync`, see cagnet/utils/distributed.py): the tensors the losses read are
-gathered from every rank, so each rank computes the loss of the whole global batch; gradients
-are summed across ranks right before each optimiser steps (after the scaled backward, so every
-rank sees the same Inf/NaN and the scaler stays identical everywhere).
-"""
-
-from __future__ import annotations
+"""CaGNet's two training steps from the model and the pure losses (method.md §2); a non-finite
+loss skips the update; under torchrun every rank computes the loss of the global batch."""
 
 import contextlib
 import functools
@@ -49,15 +14,12 @@ from cagnet.config import LossConfig
 from cagnet.engine.optim import Optimizers
 from cagnet.utils.distributed import LOCAL, BatchSync
 
-IGNORE_INDEX = 255
 Update = tuple[torch.optim.Optimizer, list[torch.nn.Parameter]]
 
 
 @dataclass
 class StepContext:
-    """How a step runs: the device, a zero-argument factory of the forward's autocast context,
-    the run's GradScaler (fp16; None = a pass-through) and the collectives of a multi-process
-    run (`LOCAL` in a single process)."""
+    """Device, autocast factory, GradScaler (None: a pass-through) and collectives of a step."""
 
     device: torch.device
     autocast: Callable[[], ContextManager] = contextlib.nullcontext
@@ -71,9 +33,7 @@ class StepContext:
 
 @dataclass
 class LabelDraw:
-    """What a step-2 iteration generates from: `batch_size` (the GLOBAL batch) label maps of
-    `grid_size` (h, w), per-pixel classes over seen + unseen with weight 1 per seen and
-    1 + `unseen_rate` per unseen class, drawn (with the latents) from `generator`."""
+    """A step-2 draw: `batch_size` (global) label maps of `grid_size` (h, w) from `generator`."""
 
     batch_size: int
     grid_size: tuple[int, int]
@@ -85,21 +45,18 @@ def _trainable(module: torch.nn.Module) -> list[torch.nn.Parameter]:
     return [parameter for parameter in module.parameters() if parameter.requires_grad]
 
 
-def _backward(total: torch.Tensor, parameters: list[torch.nn.Parameter], retain: bool,
-              scaler: torch.amp.GradScaler) -> bool:
-    """Back-propagate the (scaled) total into `parameters` only; False when nothing to do."""
+def _backward(updates: list[Update], optimizer: torch.optim.Optimizer,
+              parameters: list[torch.nn.Parameter], total: torch.Tensor, retain: bool,
+              scaler: torch.amp.GradScaler) -> None:
+    """Back-propagate the (scaled) total into `parameters` only; if it did, queue the update."""
     if parameters and total.requires_grad:
         scaler.scale(total).backward(inputs=parameters, retain_graph=retain)
-        return True
-    return False
+        updates.append((optimizer, parameters))
 
 
 def _apply_updates(updates: list[Update], scaler: torch.amp.GradScaler, sync: BatchSync,
                    update_scale: bool = True, stepped_before: bool = False) -> dict[str, float]:
-    """Sum each optimiser's gradients across ranks, step it through the scaler, then (unless
-    more steps follow in this iteration) one `scaler.update()` when anything stepped in the
-    iteration. Returns the scale and whether it dropped (an fp16 overflow skipped steps) when
-    the scaler is enabled."""
+    """Sum gradients across ranks and step; with `update_scale`, update the fp16 scale."""
     for optimizer, parameters in updates:
         sync.reduce_gradients(parameters)
         scaler.step(optimizer)
@@ -113,32 +70,17 @@ def _apply_updates(updates: list[Update], scaler: torch.amp.GradScaler, sync: Ba
 
 def _as_floats(values: dict[str, torch.Tensor]) -> tuple[dict[str, float], bool]:
     """Scalar tensors -> floats with one device-to-host copy; also whether all are finite."""
-    if not values:
-        return {}, True
     stacked = torch.stack([value.detach().float().reshape(()) for value in values.values()])
     numbers = stacked.tolist()
-    finite = all(math.isfinite(number) for number in numbers)
-    return dict(zip(values, numbers)), finite
+    return dict(zip(values, numbers)), all(math.isfinite(number) for number in numbers)
 
 
 def feature_generation_step(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,
                             optimizers: Optimizers, loss: LossConfig, context: StepContext,
                             train_backbone: bool = True) -> dict[str, float]:
-    """One step-1 iteration.
-
-    Args:
-        model: a `CaGNet` in train mode.
-        images: (b, 3, H, W) mean-subtracted BGR crops (b = this rank's share of the batch).
-        labels: (b, H, W) int64 training labels: seen classes 0..S-1, everything else 255.
-        optimizers: the optimisers; `optimizers.backbone` is used only when `train_backbone`.
-        loss: kinds and coefficients.
-        context: device, autocast, GradScaler and collectives.
-        train_backbone: False in the finetune phase (backbone frozen, run without a graph).
-
-    Returns:
-        Every raw loss term of the global batch as a float, plus `skipped` = 1.0 when a
-        non-finite term made the step skip its update (the weights are then unchanged).
-    """
+    """One step-1 iteration on this rank's images (b, 3, H, W) and labels (b, H, W); without
+    `train_backbone` the backbone is frozen (no graph). Gradients are taken at the current weights
+    (see `loss.update_order`). Returns the global batch's raw terms and `skipped` (1.0: none)."""
     scaler, sync = context.scaler, context.sync
     optimizers.zero_grad()
     with context.autocast():
@@ -158,16 +100,13 @@ def feature_generation_step(model: torch.nn.Module, images: torch.Tensor, labels
     if not sync.all_true(finite, images.device):
         optimizers.zero_grad()
         return {**{name: numbers[name] for name in terms}, "skipped": 1.0}
-
-    discriminator_parameters = _trainable(model.discriminator)
     updates: list[Update] = []
-    if _backward(totals["loss_discriminator"], discriminator_parameters, True, scaler):
-        updates.append((optimizers.discriminator, discriminator_parameters))
+    _backward(updates, optimizers.discriminator, _trainable(model.discriminator),
+              totals["loss_discriminator"], True, scaler)
     stepped = False
     if loss.update_order == "original":
-        # The original steps the discriminator, then back-propagates the generator and
-        # backbone losses through the UPDATED discriminator: a second pass of the (small)
-        # discriminator, never of the backbone; its dropout draws new masks, as there.
+        # As the original: step the discriminator, then back-propagate the other losses through
+        # the UPDATED one (a second pass of it, not of the backbone; new dropout masks).
         _apply_updates(updates, scaler, sync, update_scale=False)
         stepped, updates = bool(updates), []
         with context.autocast():
@@ -184,13 +123,12 @@ def feature_generation_step(model: torch.nn.Module, images: torch.Tensor, labels
             optimizers.zero_grad()
             return {**numbers, **_apply_updates([], scaler, sync, stepped_before=stepped),
                     "skipped": 1.0}
-    generator_parameters = _trainable(model.generator)
-    if _backward(totals["loss_generator"], generator_parameters, train_backbone, scaler):
-        updates.append((optimizers.generator, generator_parameters))
+    _backward(updates, optimizers.generator, _trainable(model.generator),
+              totals["loss_generator"], train_backbone, scaler)
     if train_backbone:
         backbone_parameters = _trainable(model.backbone) + _trainable(model.context)
-        if _backward(totals["loss_backbone"], backbone_parameters, False, scaler):
-            updates.append((optimizers.backbone, backbone_parameters))
+        _backward(updates, optimizers.backbone, backbone_parameters, totals["loss_backbone"],
+                  False, scaler)
     return {**numbers, **_apply_updates(updates, scaler, sync, stepped_before=stepped),
             "skipped": 0.0}
 
@@ -199,15 +137,13 @@ def _step1_totals(terms: dict[str, torch.Tensor], loss: LossConfig,
                   train_backbone: bool) -> dict[str, torch.Tensor]:
     """The three weighted totals of a step-1 iteration (every coefficient is applied here)."""
     zero = terms["cls_real"].new_zeros(())
-    totals = {
-        "loss_discriminator": loss.discriminator_adversarial * terms["gan_d"]
-        + loss.discriminator_cls_real * terms["cls_real"]
-        + loss.discriminator_cls_fake * terms.get("cls_fake", zero)
-        + loss.gradient_penalty * terms.get("gradient_penalty", zero),
-        "loss_generator": loss.generator_adversarial * terms["gan_g"]
-        + loss.generator_content * terms["content"]
-        + loss.generator_cls_fake * terms.get("cls_fake", zero),
-    }
+    totals = {"loss_discriminator": loss.discriminator_adversarial * terms["gan_d"]
+              + loss.discriminator_cls_real * terms["cls_real"]
+              + loss.discriminator_cls_fake * terms.get("cls_fake", zero)
+              + loss.gradient_penalty * terms.get("gradient_penalty", zero),
+              "loss_generator": loss.generator_adversarial * terms["gan_g"]
+              + loss.generator_content * terms["content"]
+              + loss.generator_cls_fake * terms.get("cls_fake", zero)}
     if train_backbone:
         totals["loss_backbone"] = loss.kl * terms["kl"] + loss.backbone_cls_real * terms["cls_real"]
     return totals
@@ -217,18 +153,11 @@ def step1_terms(model: torch.nn.Module, output, real_outputs: list, fake: torch.
                  fake_output, labels: torch.Tensor, grid_labels: torch.Tensor, loss: LossConfig,
                  train_backbone: bool, sync: BatchSync, only_discriminator_terms: bool = False
                  ) -> dict[str, torch.Tensor]:
-    """The raw step-1 terms (fp32 scalars) over the global batch: every tensor a loss reads is
-    gathered from all ranks (the identity in one process). `only_discriminator_terms`: just
-    the ones read through the discriminator by the generator and backbone totals.
-
-    Args:
-        output: the model's `MultiScaleOutput`; real_outputs / fake_output: discriminator
-            outputs of its feature maps and of `fake` (b, F, h, w).
-        labels: (b, H, W) crop labels; grid_labels: (b, h, w) on the scale-1 feature grid.
-    """
+    """The raw step-1 terms (fp32) over the global batch; `only_discriminator_terms`: those
+    read through the discriminator by the generator and backbone totals."""
     gather = sync.gather
     all_grid_labels = gather(grid_labels)
-    valid = all_grid_labels != IGNORE_INDEX
+    valid = all_grid_labels != losses.IGNORE_INDEX
     fake_adversarial = gather(fake_output.adversarial_logit).float()
     terms: dict[str, torch.Tensor] = {}
     terms["cls_real"] = losses.multi_scale_classification_loss(
@@ -238,22 +167,19 @@ def step1_terms(model: torch.nn.Module, output, real_outputs: list, fake: torch.
             loss.adversarial, gather(real_outputs[0].adversarial_logit).float(),
             fake_adversarial, valid)
     terms["gan_g"] = losses.adversarial_generator_loss(loss.adversarial, fake_adversarial, valid)
-    cls_fake = loss.discriminator_cls_fake or loss.generator_cls_fake
-    if only_discriminator_terms:
-        if cls_fake:
-            terms["cls_fake"] = losses.classification_loss(
-                gather(fake_output.class_logits).float(), all_grid_labels)
-        return terms
-    terms["content"] = losses.content_loss(
-        loss.content, gather(fake).float(), gather(output.scale1.feature.detach()).float(),
-        all_grid_labels, sigmas=loss.mmd_sigmas, grouping=loss.mmd_grouping,
-        max_pixels_per_class=loss.mmd_max_pixels_per_class or None,
-        estimator=loss.mmd_estimator)
-    if cls_fake:
+    if not only_discriminator_terms:
+        terms["content"] = losses.content_loss(
+            loss.content, gather(fake).float(), gather(output.scale1.feature.detach()).float(),
+            all_grid_labels, sigmas=loss.mmd_sigmas, grouping=loss.mmd_grouping,
+            max_pixels_per_class=loss.mmd_max_pixels_per_class or None,
+            estimator=loss.mmd_estimator)
+    if loss.discriminator_cls_fake or loss.generator_cls_fake:
         terms["cls_fake"] = losses.classification_loss(
             gather(fake_output.class_logits).float(), all_grid_labels)
+    if only_discriminator_terms:
+        return terms
     if loss.adversarial == "wgan_gp":
-        local_valid = grid_labels != IGNORE_INDEX
+        local_valid = grid_labels != losses.IGNORE_INDEX
         penalty = _wgan_gradient_penalty(model, output.scale1.feature, fake, local_valid)
         terms["gradient_penalty"] = sync.mean_share(penalty, int(local_valid.sum()))
     if train_backbone:
@@ -264,8 +190,7 @@ def step1_terms(model: torch.nn.Module, output, real_outputs: list, fake: torch.
 
 def _wgan_gradient_penalty(model: torch.nn.Module, real: torch.Tensor, fake: torch.Tensor,
                            valid: torch.Tensor) -> torch.Tensor:
-    """Unweighted WGAN-GP penalty on valid pixels; the critic is the discriminator's
-    adversarial head."""
+    """Unweighted WGAN-GP penalty on valid pixels, the adversarial head as the critic."""
     real_pixels = real.detach().permute(0, 2, 3, 1)[valid].float()
     fake_pixels = fake.detach().permute(0, 2, 3, 1)[valid].float()
     if real_pixels.shape[0] == 0:
@@ -281,20 +206,16 @@ def _wgan_gradient_penalty(model: torch.nn.Module, real: torch.Tensor, fake: tor
 
 def sample_step2_labels(batch_size: int, height: int, width: int, num_seen: int, num_unseen: int,
                         unseen_rate: float, generator: torch.Generator) -> torch.Tensor:
-    """(B, h, w) int64 labels drawn i.i.d. per pixel over seen + unseen classes: each seen class
-    has weight 1 and each unseen class weight 1 + `unseen_rate` (method.md §3.2)."""
+    """(B, h, w) labels i.i.d. per pixel: weight 1 per seen, 1 + `unseen_rate` per unseen class."""
     weights = torch.ones(num_seen + num_unseen, dtype=torch.float64)
     weights[num_seen:] += unseen_rate
-    draws = torch.multinomial(weights, batch_size * height * width, replacement=True,
-                              generator=generator)
-    return draws.view(batch_size, height, width)
+    return torch.multinomial(weights, batch_size * height * width, replacement=True,
+                             generator=generator).view(batch_size, height, width)
 
 
 def _latent_noise(shape: tuple[int, ...], generator: torch.Generator,
                   device: torch.device) -> torch.Tensor:
-    """N(0, I) latents of `shape` from `generator` (CPU). On a GPU they are drawn there from a
-    device generator seeded by `generator`: drawing (8, 600, 47, 47) normals on the CPU takes
-    ~50 ms, far longer than the GPU's whole step 2."""
+    """N(0, I) latents from `generator` (on a GPU from a device generator it seeds: faster)."""
     if device.type != "cuda":
         return torch.randn(shape, generator=generator)
     seed = int(torch.randint(0, 2 ** 62, (1,), generator=generator))
@@ -304,28 +225,22 @@ def _latent_noise(shape: tuple[int, ...], generator: torch.Generator,
 
 def _keep_mask(like: torch.Tensor, keep: float,
                generator: torch.Generator | None = None) -> torch.Tensor:
-    """Bool mask equal to `torch.empty_like(like).bernoulli_(keep, generator=...)` on the CPU,
-    from the same draws: torch's portable kernel takes one 64-bit draw per element (in memory
-    order) and keeps it when its low 53 bits, as a double in [0, 1), are < keep. Drawing the
-    bits with `random_` and comparing them as integers is ~3x faster than its per-element
-    loop."""
+    """`torch.empty_like(like).bernoulli_(keep, generator=...).bool()` on the CPU from the same
+    draws, ~3x faster: torch keeps an element when the low 53 bits of its draw (a double) < keep."""
     bits = torch.empty_like(like, dtype=torch.int64).random_(generator=generator)
     return bits.bitwise_and_(2 ** 53 - 1) < math.ceil(keep * 2 ** 53)
 
 
 @functools.lru_cache(maxsize=None)
 def _bernoulli_is_portable() -> bool:
-    """Whether this torch's CPU `bernoulli_` is the kernel `_keep_mask` reproduces (with MKL on
-    an Intel CPU it is another one, already fast)."""
+    """Whether this torch's CPU `bernoulli_` is the kernel `_keep_mask` reproduces (not MKL's)."""
     generator = torch.Generator().manual_seed(0)
     expected = torch.empty(1024).bernoulli_(0.5, generator=generator).bool()
     return torch.equal(_keep_mask(expected, 0.5, generator.manual_seed(0)), expected)
 
 
 def _dropout(x: torch.Tensor, dropout: torch.nn.Dropout) -> torch.Tensor:
-    """`dropout(x)` to the bit, from the same global-generator draws (its ops: x * (mask /
-    keep)); on the CPU the mask comes from `_keep_mask` (the per-element `bernoulli_` took
-    half of a step-2 iteration). In place when `x` needs no gradient."""
+    """`dropout(x)` to the bit with the mask of `_keep_mask` on the CPU; in place without grad."""
     keep = 1.0 - dropout.p
     if (not dropout.training or keep in (0.0, 1.0) or x.device.type != "cpu"
             or not _bernoulli_is_portable()):
@@ -336,10 +251,7 @@ def _dropout(x: torch.Tensor, dropout: torch.nn.Dropout) -> torch.Tensor:
 
 def _generate(model: torch.nn.Module, labels: torch.Tensor, latent: torch.Tensor
               ) -> torch.Tensor:
-    """`model.generate(labels, latent)`: labels (B, h, w) in 0..K-1 and latent (B, L, h, w) ->
-    fake features (B, F, h, w). The first 1x1 conv's class-embedding half is applied to the K
-    embeddings once and gathered per pixel, instead of to a (B, E, h, w) condition map
-    concatenated with the latent (half that layer's FLOPs)."""
+    """`model.generate(labels, latent)` (B, F, h, w), the first conv's embedding half per class."""
     generator = model.generator
     convs = [layer.conv for layer in generator.hidden_layers] + [generator.output]
     embed_dim = model.class_embeddings.shape[1]
@@ -355,22 +267,14 @@ def _generate(model: torch.nn.Module, labels: torch.Tensor, latent: torch.Tensor
 
 
 def _class_logits(discriminator: torch.nn.Module, feature: torch.Tensor) -> torch.Tensor:
-    """`discriminator(feature).class_logits` (B, K [+ 1], h, w), without the adversarial head
-    that step 2 never reads."""
+    """`discriminator(feature).class_logits` (B, K [+ 1], h, w) without the adversarial head."""
     trunk = discriminator.trunk
-    return discriminator.classifier(_dropout(trunk.activation(trunk.conv(feature)),
-                                             trunk.dropout))
+    return discriminator.classifier(_dropout(trunk.activation(trunk.conv(feature)), trunk.dropout))
 
 
 def classifier_step(model: torch.nn.Module, optimizers: Optimizers, loss: LossConfig,
                     draw: LabelDraw, context: StepContext) -> dict[str, float]:
-    """One step-2 iteration: generated features of seen + unseen classes train the classifier
-    (discriminator trunk + cls head); the generator only trains when its step-2 coefficient is
-    non-zero (COCO). No image and no backbone are involved. Every rank draws the same
-    (B, h, w) labels and (B, E, h, w) latents (its generator is seeded identically) and
-    generates its slice. The forward is `model.generate` then the discriminator's class
-    logits, without their waste (`_generate`, `_class_logits`, `_dropout`): the same numbers
-    from the same random draws (tests/test_step2.py)."""
+    """One step-2 iteration: features generated for sampled labels train the classifier."""
     scaler, sync, device = context.scaler, context.sync, context.device
     optimizers.zero_grad()
     height, width = draw.grid_size
@@ -378,8 +282,7 @@ def classifier_step(model: torch.nn.Module, optimizers: Optimizers, loss: LossCo
                                      model.num_unseen, draw.unseen_rate, draw.generator)
     noise = _latent_noise((draw.batch_size, model.generator.latent_dim, height, width),
                           draw.generator, device)
-    labels = sync.local_part(all_labels).to(device)
-    noise = sync.local_part(noise).to(device)
+    labels, noise = sync.local_part(all_labels).to(device), sync.local_part(noise).to(device)
     train_generator = loss.step2_generator_cls_fake != 0
     with context.autocast():
         with torch.set_grad_enabled(train_generator):
@@ -391,25 +294,17 @@ def classifier_step(model: torch.nn.Module, optimizers: Optimizers, loss: LossCo
         optimizers.zero_grad()
         return {**results, "skipped": 1.0}
     updates: list[Update] = []
-    discriminator_parameters = _trainable(model.discriminator)
-    if _backward(loss.step2_discriminator_cls_fake * cls_fake, discriminator_parameters,
-                 train_generator, scaler):
-        updates.append((optimizers.discriminator, discriminator_parameters))
-    generator_parameters = _trainable(model.generator)
-    if train_generator and _backward(loss.step2_generator_cls_fake * cls_fake,
-                                     generator_parameters, False, scaler):
-        updates.append((optimizers.generator, generator_parameters))
-    results.update(_apply_updates(updates, scaler, sync))
-    results["skipped"] = 0.0
-    return results
+    _backward(updates, optimizers.discriminator, _trainable(model.discriminator),
+              loss.step2_discriminator_cls_fake * cls_fake, train_generator, scaler)
+    if train_generator:
+        _backward(updates, optimizers.generator, _trainable(model.generator),
+                  loss.step2_generator_cls_fake * cls_fake, False, scaler)
+    return {**results, **_apply_updates(updates, scaler, sync), "skipped": 0.0}
 
 
 def zero_gradient_steps(model: torch.nn.Module, optimizers: Optimizers,
                         generator_trained: bool) -> None:
-    """The original release's step 2 also steps the parameters its loss does not reach, with
-    zero gradients: the discriminator's adversarial head and (when its step-2 coefficient is 0)
-    the generator. Adam still moves them (its momentum and weight decay); this reproduces that
-    after a `classifier_step` (`train.step2_zero_gradient_steps`)."""
+    """As the original: step the parameters step 2 does not reach with zero gradients."""
     optimizers.zero_grad()
     updates = [(optimizers.discriminator, list(model.discriminator.adversarial_head.parameters()))]
     if not generator_trained:

@@ -1,12 +1,4 @@
-"""CaGNet training as a method of the one loop (`loop.py`): step 1 (`train.stage: step1`) or
-the mixed finetune schedule (`train.stage: finetune`), with its evaluation and reports.
-
-`train` is the entry point of `cagnet train` / `cagnet finetune`: it reads the config, builds
-the benchmark, the model (from `model.init` or an init checkpoint) and the execution (process,
-precision, memory format), and hands a `CaGNetTraining` to the loop.
-"""
-
-from __future__ import annotations
+"""CaGNet training (step 1, or the mixed finetune schedule) as a method of the one loop."""
 
 import logging
 from pathlib import Path
@@ -44,22 +36,40 @@ def step1_iterations_before(iteration: int, stage: str, period: int) -> int:
     return full_cycles * period + min(remainder, period)
 
 
-class CaGNetTraining(loop.Method):
-    """Step-1 iterations train on real images (`feature_generation_step`); in the finetune
-    stage every other block of `train.mixed_period` iterations is step 2 (`classifier_step`)."""
+class BenchmarkTraining(loop.Method):
+    """A method trained on the training images of `benchmark`: run files and evaluation."""
+
+    def __init__(self, config: Config, benchmark: Benchmark, model: torch.nn.Module,
+                 execution: Execution) -> None:
+        self.settings, self.benchmark, self.model = config, benchmark, model
+        self.execution, self.config = execution, config_to_dict(config)
+        self.class_names = benchmark.split.model_class_names
+        self.num_seen = benchmark.split.num_seen
+        self.dataset = build_dataset(config.data, benchmark.split, config.train.seed)
+        self.num_workers = config.data.num_workers
+
+    def write_run_files(self, run_dir: Path) -> None:
+        save_config(self.settings, run_dir / "config.yaml")
+        atomic_write_json(run_dir / "protocol.json", protocol_card(
+            self.settings, self.benchmark.split, self.benchmark.embedding_dim))
+
+    def _evaluate(self, report_dir: Path | None, title: str, loader) -> dict:
+        card = protocol_card(self.settings, self.benchmark.split, self.benchmark.embedding_dim)
+        return evaluate_and_report(self.model, loader, self.settings.eval, self.benchmark.split,
+                                   card, self.execution.device, report_dir, title,
+                                   self.execution.autocast)
+
+
+class CaGNetTraining(BenchmarkTraining):
+    """Step 1; in the finetune stage every other `train.mixed_period` block is step 2."""
 
     def __init__(self, config: Config, benchmark: Benchmark, model: torch.nn.Module,
                  execution: Execution, init_checkpoint: str | Path | None = None) -> None:
-        self.settings, self.benchmark, self.model = config, benchmark, model
-        self.execution, self.init_checkpoint = execution, init_checkpoint
-        self.name, train = config.train.stage, config.train
-        self.config = config_to_dict(config)
-        self.class_names = benchmark.split.model_class_names
-        self.num_seen = benchmark.split.num_seen
-        self.cagnet_optimizers = build_optimizers(model, config.optim, train.stage == "step1")
+        super().__init__(config, benchmark, model, execution)
+        self.init_checkpoint, self.name = init_checkpoint, config.train.stage
+        self.cagnet_optimizers = build_optimizers(model, config.optim,
+                                                  config.train.stage == "step1")
         self.optimizers = self.cagnet_optimizers.named()
-        self.dataset = build_dataset(config.data, benchmark.split, train.seed)
-        self.num_workers = config.data.num_workers
         check_listed_files(self.dataset, "data.train_list", config.data.train_list,
                            skip=config.data.on_bad_sample == "skip")
         eval_loader = build_eval_loader(config, benchmark.split)
@@ -72,12 +82,9 @@ class CaGNetTraining(loop.Method):
             if config.train.eval_interval else None
         self.grid = model.feature_size(config.data.crop_size, config.data.crop_size)
 
-    def _is_step2(self, iteration: int) -> bool:
-        train = self.settings.train
-        return is_step2_iteration(iteration, train.stage, train.mixed_period)
-
     def needs_batch(self, iteration: int) -> bool:
-        return not self._is_step2(iteration)
+        train = self.settings.train
+        return not is_step2_iteration(iteration, train.stage, train.mixed_period)
 
     def batches_before(self, iteration: int) -> int:
         train = self.settings.train
@@ -95,11 +102,6 @@ class CaGNetTraining(loop.Method):
             LOGGER.info("backbone initialised from %s (%d keys kept their init)",
                         self.settings.model.init, len(missing))
 
-    def write_run_files(self, run_dir: Path) -> None:
-        save_config(self.settings, run_dir / "config.yaml")
-        atomic_write_json(run_dir / "protocol.json", protocol_card(
-            self.settings, self.benchmark.split, self.benchmark.embedding_dim))
-
     def set_learning_rates(self, iteration: int) -> dict[str, float]:
         return set_learning_rates(self.cagnet_optimizers, iteration,
                                   self.settings.train.iterations, self.settings.optim)
@@ -108,8 +110,7 @@ class CaGNetTraining(loop.Method):
         config, execution = self.settings, self.execution
         self.model.train()
         if batch is None:  # step 2: per-rank noise is seeded by the loop, the draw here
-            generator = torch.Generator().manual_seed(iteration_seed(config.train.seed,
-                                                                     iteration))
+            generator = torch.Generator().manual_seed(iteration_seed(config.train.seed, iteration))
             draw = LabelDraw(config.train.batch_size, self.grid, config.train.gen_unseen_rate,
                              generator)
             terms = classifier_step(self.model, self.cagnet_optimizers, config.loss, draw,
@@ -134,34 +135,16 @@ class CaGNetTraining(loop.Method):
     def evaluate(self, report_dir: Path | None, log: RunLog) -> dict:
         train = self.settings.train
         scores = self._evaluate(report_dir, f"{self.settings.name}: {train.stage} after "
-                                            f"{train.iterations} iterations")
+                                            f"{train.iterations} iterations", self.eval_loader)
         log_evaluation_panel(log, train.iterations, self.model, self.eval_loader,
                              self.settings.data.mean_bgr, self.execution.device, self.class_names)
         return scores
-
-    def _evaluate(self, report_dir: Path | None, title: str, loader=None) -> dict:
-        card = protocol_card(self.settings, self.benchmark.split, self.benchmark.embedding_dim)
-        return evaluate_and_report(self.model, loader or self.eval_loader, self.settings.eval,
-                                   self.benchmark.split, card, self.execution.device,
-                                   report_dir, title, self.execution.autocast)
 
 
 def train(config: Config, run_dir: str | Path, *, resume: bool = False,
           init_checkpoint: str | Path | None = None, overwrite: bool = False,
           show_progress: bool = True, method_class: type = CaGNetTraining) -> loop.TrainResult:
-    """Run `config.train.stage` into `run_dir` and evaluate the final model.
-
-    Args:
-        config: the resolved config.
-        run_dir: output folder (config.yaml, protocol.json, log.jsonl, tensorboard/,
-            checkpoints/, metrics.json, report.md and the evaluation pictures).
-        resume: continue from the newest valid checkpoint in `run_dir`.
-        init_checkpoint: a cagnet checkpoint whose model weights start this run (the step-1
-            model for `finetune`).
-        overwrite: allow starting over in a folder that already holds checkpoints.
-        method_class: a `CaGNetTraining` subclass that changes one step (self-training's
-            zero-embedding switch).
-    """
+    """Run `config.train.stage` into `run_dir` (from `init_checkpoint`) and evaluate the model."""
     config = with_absolute_paths(config)  # the run works from any folder
     # Under torchrun: join the process group; only rank 0 writes into the run directory.
     execution = build_execution(config.train, resolve_device(config.train.device))

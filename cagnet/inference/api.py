@@ -1,11 +1,5 @@
-"""The Python API, three lines from a checkpoint to a label map (`cagnet predict`'s):
-
-    import cagnet
-    model = cagnet.load("runs/voc/checkpoints/final.pt")
-    labels = model.predict("photo.jpg")  # (H, W) indices into model.class_names
-"""
-
-from __future__ import annotations
+"""The Python API: `model = cagnet.load("runs/voc/checkpoints/final.pt")`, then
+`labels = model.predict("photo.jpg")`: (H, W) indices into `model.class_names`."""
 
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,19 +30,16 @@ class Model:
 
     def predict(self, image: str | Path | Image.Image | np.ndarray,
                 min_confidence: float = 0.0) -> np.ndarray:
-        """Segment one image: a file path, a PIL image, or an RGB uint8 array (H, W, 3) —
-        arrays are RGB as PIL / matplotlib give them, NOT OpenCV's BGR. Returns (H, W) int64
-        class indices into `class_names`; -1 where the max softmax probability is below
-        `min_confidence` (0 = every pixel gets a class)."""
+        """(H, W) int64 indices into `class_names` (-1 below `min_confidence`) for a file path,
+        a PIL image or an RGB (NOT OpenCV's BGR) uint8 array (H, W, 3)."""
         prediction, _ = predict_batch(self.loaded, [_image_bgr(image)], min_confidence)[0]
         return np.where(prediction == NO_CLASS, -1, prediction)
 
     def add_classes(self, names: Sequence[str], word_vectors: Sequence[str] = (),
                     embeddings: str | Path | None = None,
                     settings: ExtensionSettings | None = None) -> dict:
-        """Add unseen classes by name (`cagnet.inference.extend`), embedded with the
-        checkpoint's word-vector files (same order) or given as rows of a `.npy` file; returns
-        the extension summary."""
+        """Add unseen classes by name (`cagnet.inference.extend`), embedded with the model's
+        word-vector files (same order) or rows of a `.npy`; returns the extension summary."""
         sources = [("auto", str(path)) for path in word_vectors]
         return extend_loaded_model(self.loaded, list(names), sources,
                                    str(embeddings) if embeddings else None, settings)
@@ -66,8 +57,7 @@ def _image_bgr(image: str | Path | Image.Image | np.ndarray) -> np.ndarray:
 
 
 def load(checkpoint: str | Path, device: str = "auto") -> Model:
-    """A checkpoint of any method (CaGNet, SPNet, ZS3Net) as a `Model` on `device` (auto:
-    CUDA, then MPS, then the CPU), its frozen BatchNorm folded for inference."""
+    """Any method's checkpoint as a `Model` on `device` (auto: CUDA, MPS, CPU), BN folded."""
     loaded = load_model(checkpoint)
     inference_model(loaded.model, loaded.config.eval.channels_last, resolve_device(device))
     return Model(loaded)

@@ -1,13 +1,6 @@
-"""`cagnet export`: a checkpoint's folded inference model as a TorchScript or ONNX file.
-
-Input `image`: (1, 3, S, S) float32, BGR 0..255 minus the checkpoint's `data.mean_bgr`,
-warped to S = `eval.warp_size`; output `logits`: (1, K, h, w) real-class logits on the
-stride-8 grid (upsample bilinearly to the image's size, then argmax, as `cagnet predict`).
-`<file>.json` beside it records S, the mean and the class names. ONNX needs the optional
-packages `onnx` and `onnxruntime` (`pip install -e ".[export]"`).
-"""
-
-from __future__ import annotations
+"""`cagnet export` (TorchScript, or ONNX with `pip install -e ".[export]"`): input `image`
+(1, 3, S, S) float32, BGR minus `data.mean_bgr`, S = `eval.warp_size`; output `logits`
+(1, K, h, w) on the stride-8 grid; `<file>.json` records S, the mean and the class names."""
 
 import importlib.util
 import io
@@ -23,8 +16,7 @@ from cagnet.utils.io import atomic_write_bytes, atomic_write_json
 
 
 def export_checkpoint(checkpoint: str | Path, format_name: str, out: str | Path) -> Path:
-    """Write the folded model of `checkpoint` to `out` (`onnx` or `torchscript`) and
-    `<out>.json`; returns `out`."""
+    """Write `checkpoint`'s folded model to `out` (onnx / torchscript) and `<out>.json`."""
     if format_name not in ("onnx", "torchscript"):
         raise ConfigError(f"--format: expected onnx or torchscript, got {format_name!r}")
     if format_name == "onnx" and importlib.util.find_spec("onnx") is None:

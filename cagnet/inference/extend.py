@@ -1,38 +1,6 @@
-"""Add new classes to a trained model from their names, and optionally a few labelled images.
-
-CaGNet's classifier learns unseen classes from *generated* features: the generator maps a
-class embedding and a latent code to a pixel feature. A class that did not exist at training
-time is therefore one more unseen class, as soon as it has an embedding in the same space:
-
-1. embed the new names with the same rule as the existing classes (`cagnet.class_embeddings`:
-   the same word-vector files, in the same order) or take the rows from a `.npy` file; the
-   dimension must equal the model's embedding dimension E;
-2. append the rows to the model's `class_embeddings` buffer, after every existing class, as
-   unseen classes (the class order stays seen, unseen, added);
-3. grow the classifier head by one output row per new class: existing rows are copied
-   unchanged, the extra never-trained logit (if the model has one) stays last, and each new
-   row starts as the mean of the existing real-class rows (a logit of typical magnitude that
-   neither dominates nor is ignored at the start);
-4. finetune the classifier head alone (the discriminator trunk, the adversarial head, the
-   generator and the backbone stay frozen) on generated features of ALL classes, exactly as a
-   step-2 iteration draws them (`cagnet.engine.steps.classifier_step`: per-pixel labels with
-   weight 1 per seen class and 1 + `gen_unseen_rate` per unseen class, latent N(0, I), on the
-   feature grid of a training crop). Only the head moves: the trunk is shared with the
-   adversarial head and was trained on real features, which a few shots cannot stand for.
-
-With `--shots DIR` (K labelled images, layout in `cagnet.baselines.shots`) the head also
-learns from the real shot pixels and from the seen classes' real pixels, replayed from a
-sample of the checkpoint's training images when its dataset is reachable; the generator can
-first adapt to the shots. Without shots, nothing changes.
-
-The finetuning is a method of the one training loop (`ClassifierFinetune`, no run folder).
-`extend_checkpoint` applies all this to checkpoint files (`cagnet extend`), optionally putting
-the classes in the order of a split file (`cagnet eval` needs the checkpoint's classes in the
-order of the split it evaluates with; rows of the embeddings and the classifier move together,
-which changes no prediction); `cagnet predict --add-classes` extends in memory.
-"""
-
-from __future__ import annotations
+"""Add classes to a trained CaGNet by name: their embeddings become unseen classes after all
+others, each new classifier row starts as the mean of the real ones, and the head alone is
+finetuned on generated features as in step 2 (with `--shots`, also on real pixels)."""
 
 import json
 import logging
@@ -44,15 +12,16 @@ import yaml
 
 from cagnet.baselines.shots import (ExtensionSettings, PixelPool, extend_with_shots, read_shots,
                                     replay_pool)
-from cagnet.class_embeddings import build_class_embeddings, load_class_embeddings
+from cagnet.class_embeddings import build_class_embeddings, load_class_embeddings, sidecar_path
 from cagnet.config import config_to_dict
-from cagnet.datasets.build import build_dataset
+from cagnet.datasets.build import build_dataset, resolve_path
 from cagnet.engine.checkpoint import LoadedModel, load_checkpoint, model_from_checkpoint, \
     save_checkpoint
 from cagnet.errors import CagnetError, EmbeddingError
 from cagnet.utils.io import atomic_write_text
 
 LOGGER = logging.getLogger("cagnet")
+WordVectors = Sequence[tuple[str, str]]  # (kind, path) of each word-vector file, in order
 __all__ = ["ExtensionSettings", "extend_checkpoint", "extend_loaded_model", "parse_class_list"]
 
 
@@ -70,19 +39,10 @@ def parse_class_list(text: str, existing: Sequence[str] = ()) -> list[str]:
     return names
 
 
-def new_class_embeddings(names: Sequence[str], embed_dim: int,
-                         word_vectors: Sequence[tuple[str, str]] = (),
+def new_class_embeddings(names: Sequence[str], embed_dim: int, word_vectors: WordVectors = (),
                          embeddings_file: str | None = None) -> tuple[torch.Tensor, dict]:
-    """Rows (n, E) for the new class names, from word vectors or from a `.npy` file.
-
-    Args:
-        names: the n new class names.
-        embed_dim: E, the model's class-embedding dimension.
-        word_vectors: (kind, path) sources in the order the model's embeddings were built
-            (the shapes benchmark: [("word2vec", "word_vectors.txt")]; VOC fastnvec: fastText
-            then word2vec).
-        embeddings_file: alternatively, a `.npy` with one row per new name (in order).
-    """
+    """Rows (n, E) and metadata for the new names, from `word_vectors` (kind, path) in the model's
+    order (VOC fastnvec: fastText then word2vec) or from a `.npy` with one row per name."""
     if bool(word_vectors) == bool(embeddings_file):
         raise CagnetError("give the new classes' embeddings either as --word-vectors (the "
                           "word-vector files the model's classes were embedded with) or as "
@@ -103,11 +63,7 @@ def new_class_embeddings(names: Sequence[str], embed_dim: int,
 
 
 def _check_same_sources(config, metadata: dict) -> None:
-    """Warn when the new rows' word-vector files (by sha256) differ from those recorded in the
-    sidecar of the embedding file the model was trained with (when it can still be found)."""
-    from cagnet.class_embeddings import sidecar_path
-    from cagnet.datasets.build import resolve_path
-
+    """Warn when the new rows' word vectors (sha256) differ from the model's recorded ones."""
     sidecar = sidecar_path(resolve_path(config.embeddings.path, config.data.root))
     try:
         stored = json.loads(sidecar.read_text(encoding="utf-8")).get("sources") or []
@@ -126,8 +82,7 @@ def _check_same_sources(config, metadata: dict) -> None:
 
 
 def _replay(loaded: LoadedModel, settings: ExtensionSettings) -> PixelPool | None:
-    """Seen-class pixels of a sample of the checkpoint's training images, or None (with a
-    warning) when its dataset cannot be read."""
+    """Seen-class pixels of some training images; None (warned) if the dataset is unreadable."""
     config = loaded.config
     try:
         dataset = build_dataset(config.data, loaded.split(), settings.seed, "train",
@@ -136,18 +91,14 @@ def _replay(loaded: LoadedModel, settings: ExtensionSettings) -> PixelPool | Non
         LOGGER.warning("no replay of the training images (%s): only the shots' pixels of old "
                        "classes anchor them", error)
         return None
-    return replay_pool(loaded.model, dataset, settings.replay_images, settings.seed,
-                       loaded.device)
+    return replay_pool(loaded.model, dataset, settings.replay_images, settings.seed, loaded.device)
 
 
-def extend_loaded_model(loaded: LoadedModel, names: Sequence[str],
-                        word_vectors: Sequence[tuple[str, str]] = (),
+def extend_loaded_model(loaded: LoadedModel, names: Sequence[str], word_vectors: WordVectors = (),
                         embeddings_file: str | None = None,
                         settings: ExtensionSettings | None = None,
                         show_progress: bool = False) -> dict:
-    """Extend a loaded checkpoint's model in memory (its class list grows too); returns a
-    summary with the embedding provenance. With `settings.shots`, the seen classes' pixels of
-    `settings.replay_images` training images are replayed when the dataset is reachable."""
+    """Extend a loaded model and its class list in memory; returns the summary."""
     settings = settings or ExtensionSettings()
     config, model = loaded.config, loaded.model
     if config.baseline.method != "cagnet":
@@ -163,9 +114,8 @@ def extend_loaded_model(loaded: LoadedModel, names: Sequence[str],
     summary = extend_with_shots(loaded, names, rows, settings, shots, replay, show_progress)
     sources = [{key: source.get(key) for key in ("kind", "path", "sha256", "dim")}
                for source in metadata.get("sources") or [] if isinstance(source, dict)]
-    return {**summary, "added_classes": list(names),
-            "embedding": {"file": embeddings_file, "sources": sources,
-                          "rule": metadata.get("rule")}}
+    embedding = {"file": embeddings_file, "sources": sources, "rule": metadata.get("rule")}
+    return {**summary, "added_classes": list(names), "embedding": embedding}
 
 
 def read_class_order(path: str | Path) -> tuple[list[str], list[str]]:
@@ -174,22 +124,17 @@ def read_class_order(path: str | Path) -> tuple[list[str], list[str]]:
         content = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
         raise CagnetError(f"--class-order {path}: unreadable split file ({error})") from None
-    lists = [content.get(key) if isinstance(content, dict) else None
-             for key in ("seen", "unseen")]
+    lists = [content.get(key) if isinstance(content, dict) else None for key in ("seen", "unseen")]
     if not all(isinstance(names, list) and all(isinstance(n, str) for n in names)
                for names in lists):
-        raise CagnetError(f"--class-order {path}: expected 'seen' and 'unseen' lists of class "
-                          "names")
+        raise CagnetError(f"--class-order {path}: expected 'seen' and 'unseen' lists of names")
     return lists[0], lists[1]
 
 
 def reorder_classes(model: torch.nn.Module, class_names: Sequence[str], num_seen: int,
                     seen: Sequence[str], unseen: Sequence[str]) -> list[str]:
-    """Permute the model's classes into `seen + unseen` (in place); returns the new names.
-
-    The seen classes must stay the model's seen classes and unseen its unseen ones; class
-    embedding rows and classifier rows move together (the extra logit stays last).
-    """
+    """Permute the model's classes (embedding and classifier rows; the extra logit stays last)
+    into `seen + unseen`, which must be its seen and unseen classes; returns the new names."""
     order = list(seen) + list(unseen)
     if set(seen) != set(class_names[:num_seen]) or sorted(order) != sorted(class_names):
         raise CagnetError(f"--class-order: the split lists seen {list(seen)} and unseen "
@@ -206,22 +151,17 @@ def reorder_classes(model: torch.nn.Module, class_names: Sequence[str], num_seen
     return order
 
 
-def extend_checkpoint(checkpoint: str, out: str, names_text: str,
-                      word_vectors: Sequence[tuple[str, str]] = (),
-                      embeddings_file: str | None = None,
-                      settings: ExtensionSettings | None = None,
-                      device: torch.device | None = None,
-                      class_order: str | None = None) -> dict:
-    """Write `out` (a checkpoint over the old + new classes) and `<out stem>.split.yaml` (its
-    class order: seen, then unseen; added classes last unless `class_order` names a split
-    file to follow). The stored config's `data.split` points to that file, so `cagnet eval`
-    works unchanged on a dataset whose class-name file names the new classes; the previous
-    split is kept in `extra.extension.base_split`. Returns the summary."""
+def extend_checkpoint(checkpoint: str, out: str, names_text: str, word_vectors: WordVectors = (),
+                      embeddings_file: str | None = None, settings: ExtensionSettings | None = None,
+                      device: torch.device | None = None, class_order: str | None = None) -> dict:
+    """Write `out` (old + new classes) and `<out stem>.split.yaml` (added classes last unless
+    `class_order` names a split file) as its stored `data.split` (the previous one goes to
+    `extra.extension.base_split`), so `cagnet eval` works unchanged. Returns the summary."""
     state = load_checkpoint(checkpoint)
     loaded = model_from_checkpoint(state, checkpoint)
     loaded.model.to(device or torch.device("cpu"))
     names = parse_class_list(names_text, state["class_names"])
-    previous = (state.get("extra") or {}).get("extension") or {}
+    extra = state.get("extra") or {}
     summary = extend_loaded_model(loaded, names, word_vectors, embeddings_file, settings,
                                   show_progress=True)
     if class_order:
@@ -234,13 +174,12 @@ def extend_checkpoint(checkpoint: str, out: str, names_text: str,
                       f"seen: {json.dumps(seen)}\nunseen: {json.dumps(unseen)}\n")
     config = loaded.config
     summary.update(base_checkpoint=str(checkpoint),
-                   base_split=previous.get("base_split", config.data.split),
+                   base_split=(extra.get("extension") or {}).get("base_split", config.data.split),
                    added_classes=loaded.added_classes, split_file=str(split_path),
                    added_now=list(names), class_order=class_order)
     config.data.split = str(split_path)
     save_checkpoint(out, model=loaded.model, iteration=state["iteration"],
                     config=config_to_dict(config), class_names=loaded.class_names,
                     num_seen=loaded.num_seen,
-                    extra={"extension": summary, "base_extra_scores":
-                           (state.get("extra") or {}).get("scores", {})})
+                    extra={"extension": summary, "base_extra_scores": extra.get("scores", {})})
     return summary

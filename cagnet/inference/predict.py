@@ -1,25 +1,8 @@
-"""`cagnet predict`: segment images of any size with a trained model and draw the results.
-
-Each image goes through the evaluation pipeline: mean subtraction, a warp to the checkpoint's
-`eval.warp_size` (aspect ratio not kept, as in evaluation), a forward (with `eval.tta`) of
-`--batch-size` images at a time, and the real-class logits bilinearly upsampled to the image's
-original resolution before the argmax (`upsampled_argmax`: bounded memory at any size) — so
-predictions are exactly what `cagnet eval` scores (protocol `full`).
-
-Outputs per image `<name>` (the file stem; `<stem>_<extension>` when two inputs share a stem):
-
-    <name>_labels.png   palette PNG, original size: value k + 1 = model class k, 0 = no class
-                        (--min-confidence), colours = the VOC colour map (`cagnet.report.pictures`)
-    <name>_overlay.png  the image blended with the class colours (alpha 0.5, no class: black)
-    <name>_legend.png   classes present: colour, name, [seen / unseen / added], pixel share
-    <name>_panel.png    (--panel) image | overlay | legend side by side
-    <name>_logits.npy   (--save-logits) float32 (K, h, w) real-class logits on the feature grid
-                        of the warped image (upsample bilinearly to the image size for scores)
-
-plus `predictions.json` (class table with colours, one record per image, skipped files).
-"""
-
-from __future__ import annotations
+"""`cagnet predict`: images of any size through the evaluation pipeline (so predictions are what
+`cagnet eval` scores), written per image `<name>` (the stem, `<stem>_<ext>` when stems collide)
+as `_labels.png` (palette PNG: k + 1 = class k, 0 = no class), `_overlay.png`, `_legend.png`,
+optionally `_panel.png` and `_logits.npy` ((K, h, w) float32 on the feature grid), plus
+`predictions.json`."""
 
 import io
 import logging
@@ -70,13 +53,11 @@ def output_names(files: list[Path]) -> list[str]:
 @torch.no_grad()
 def predict_batch(loaded: LoadedModel, images_bgr: Sequence[np.ndarray],
                   min_confidence: float = 0.0) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Images (H_i, W_i, 3) BGR uint8, all through the network in one batch -> per image
-    (prediction (H_i, W_i) int64 model classes, NO_CLASS below `min_confidence`; grid logits
-    (K, h, w) float32)."""
+    """Images (H_i, W_i, 3) BGR uint8, in one batch -> per image (prediction (H_i, W_i) int64,
+    NO_CLASS below `min_confidence`; grid logits (K, h, w) float32)."""
     evaluation = loaded.config.eval
     transform = EvalTransform(tuple(loaded.config.data.mean_bgr), evaluation.warp_size)
-    warped = [transform(image, np.zeros(image.shape[:2], dtype=np.uint8))[0]
-              for image in images_bgr]
+    warped = [transform(image, np.zeros(image.shape[:2], np.uint8))[0] for image in images_bgr]
     batch = torch.from_numpy(np.stack(warped)).to(loaded.device, memory_format=(
         torch.channels_last if evaluation.channels_last else torch.preserve_format))
     loaded.model.eval()
@@ -103,8 +84,7 @@ def write_outputs(out_dir: Path, name: str, image_bgr: np.ndarray, prediction: n
     shown = np.where(prediction == NO_CLASS, num_classes, prediction)
     entries = legend_entries(shown, loaded.class_names + ["none"], loaded.tags + ["no class"],
                              colours)
-    blended = overlay(image_bgr, shown, colours, alpha)
-    legend = legend_image(entries)
+    blended, legend = overlay(image_bgr, shown, colours, alpha), legend_image(entries)
     labels_png = label_png_bytes(prediction, model_colours, NO_CLASS)
     outputs = {"labels": atomic_write_bytes(out_dir / f"{name}_labels.png", labels_png),
                "overlay": write_png(out_dir / f"{name}_overlay.png", blended),
@@ -115,8 +95,7 @@ def write_outputs(out_dir: Path, name: str, image_bgr: np.ndarray, prediction: n
     if save_logits:
         buffer = io.BytesIO()
         np.save(buffer, logits.astype(np.float32), allow_pickle=False)
-        outputs["logits"] = atomic_write_bytes(out_dir / f"{name}_logits.npy",
-                                               buffer.getvalue())
+        outputs["logits"] = atomic_write_bytes(out_dir / f"{name}_logits.npy", buffer.getvalue())
     return {"size": [int(image_bgr.shape[1]), int(image_bgr.shape[0])],
             "classes": [{"name": e.name, "tag": e.tag, "share": round(float(e.share), 6)}
                         for e in entries],
@@ -139,18 +118,12 @@ def predict_paths(loaded: LoadedModel, input_path: str | Path, out_dir: str | Pa
                   save_logits: bool = False, panel: bool = False, alpha: float = 0.5,
                   show_progress: bool = True, source: str = "", pattern: str | None = None,
                   batch_size: int = 1, min_confidence: float = 0.0) -> dict:
-    """Predict one image or the images of a folder (`list_inputs`) into `out_dir`,
-    `batch_size` images per forward.
-
-    A single unreadable image raises DataError naming the file; in a folder, unreadable images
-    are skipped with a warning and counted, and DataError is raised when none was readable
-    (nothing is written then). Returns the content of `predictions.json`.
-    """
+    """Predict an image or a folder's images into `out_dir` (unreadable ones skipped; DataError if
+    none was readable); returns the content of `predictions.json`."""
     from tqdm import tqdm
 
     files, folder = list_inputs(input_path, pattern)
-    out_dir = Path(out_dir)
-    records, skipped = {}, []
+    out_dir, records, skipped = Path(out_dir), {}, []
     named = list(zip(files, output_names(files)))
     with tqdm(total=len(files), desc="predict", unit="image", dynamic_ncols=True,
               disable=not (folder and show_progress)) as progress:
@@ -168,17 +141,12 @@ def predict_paths(loaded: LoadedModel, input_path: str | Path, out_dir: str | Pa
         raise DataError(f"none of the {len(files)} images in {input_path} could be read "
                         f"(first: {skipped[0]}); nothing was written")
     colours = class_colours(len(loaded.class_names), loaded.class_names)
-    summary = {
-        "checkpoint": str(source),
-        "warp_size": loaded.config.eval.warp_size,
-        "min_confidence": min_confidence,
-        "classes": [{"index": index, "png_value": index + 1, "name": name, "tag": tag,
-                     "colour_rgb": [int(c) for c in colours[index]]}
-                    for index, (name, tag) in enumerate(zip(loaded.class_names,
-                                                            loaded.tags))],
-        "images": records,
-        "skipped": skipped,
-    }
+    classes = [{"index": index, "png_value": index + 1, "name": name, "tag": tag,
+                "colour_rgb": [int(c) for c in colours[index]]}
+               for index, (name, tag) in enumerate(zip(loaded.class_names, loaded.tags))]
+    summary = {"checkpoint": str(source), "warp_size": loaded.config.eval.warp_size,
+               "min_confidence": min_confidence, "classes": classes, "images": records,
+               "skipped": skipped}
     atomic_write_json(out_dir / "predictions.json", summary)
     if skipped:
         LOGGER.warning("%d of %d images were unreadable and skipped (listed in %s)",

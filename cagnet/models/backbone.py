@@ -1,14 +1,6 @@
-"""DeepLab-v2 ResNet backbone ("Caffe style"), method.md §1.1.
-
-A dilated ResNet (output stride 8) whose bottlenecks put the stride on the 1x1 reduce conv,
-followed by an ASPP head of four dilated 3x3 convs whose outputs are summed. BatchNorm is always
-frozen. With the defaults this is the paper's ResNet-101 (trunk 42.50 M parameters, ASPP
-44.24 M); fewer blocks or a smaller `base_width` give a backbone small enough for CPU tests.
-
-Also home of `kaiming_init`, the initialisation shared by every CaGNet network (§1.6).
-"""
-
-from __future__ import annotations
+"""DeepLab-v2 ResNet backbone ("Caffe style", method.md §1.1): dilated to output stride 8, the
+stride on the 1x1 reduce convs, BatchNorm frozen, under an ASPP head of summed dilated 3x3 convs;
+the defaults are the paper's ResNet-101. Also `kaiming_init`, every CaGNet network's init."""
 
 import math
 
@@ -33,17 +25,12 @@ def kaiming_init(module: nn.Module) -> None:
 
 
 class FrozenBatchNorm2d(nn.Module):
-    """BatchNorm that always normalises with its running statistics, in train mode too.
-
-    `weight` and `bias` are parameters with `requires_grad=False` (so they appear in parameter
-    counts and state dicts, as in the paper) and the running statistics are buffers that never
-    change. Input and output: (B, C, H, W).
-    """
+    """BatchNorm that always uses its running statistics (B, C, H, W) -> (B, C, H, W); `weight`
+    and `bias` are frozen parameters (counted in parameters and state dicts, as in the paper)."""
 
     def __init__(self, num_features: int, eps: float = 1e-5) -> None:
         super().__init__()
-        self.num_features = num_features
-        self.eps = eps
+        self.num_features, self.eps = num_features, eps
         self.weight = nn.Parameter(torch.ones(num_features), requires_grad=False)
         self.bias = nn.Parameter(torch.zeros(num_features), requires_grad=False)
         self.register_buffer("running_mean", torch.zeros(num_features))
@@ -54,12 +41,10 @@ class FrozenBatchNorm2d(nn.Module):
         shift = self.bias - self.running_mean * scale
         return x * scale.view(1, -1, 1, 1).to(x.dtype) + shift.view(1, -1, 1, 1).to(x.dtype)
 
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
-                              unexpected_keys, error_msgs) -> None:
+    def _load_from_state_dict(self, state_dict, prefix, *arguments) -> None:
         # Files saved from an ordinary nn.BatchNorm2d carry a counter we have no use for.
         state_dict.pop(prefix + "num_batches_tracked", None)
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
-                                      unexpected_keys, error_msgs)
+        super()._load_from_state_dict(state_dict, prefix, *arguments)
 
     def extra_repr(self) -> str:
         return f"{self.num_features}, eps={self.eps}"
@@ -93,8 +78,7 @@ class Stem(nn.Module):
 
 
 class Bottleneck(nn.Module):
-    """Caffe-style bottleneck: 1x1 reduce (carries the stride) -> 3x3 (dilated) -> 1x1 increase,
-    plus a projection shortcut when `project` is set."""
+    """Caffe style: 1x1 reduce (strided) -> 3x3 dilated -> 1x1 increase (+ projection)."""
 
     def __init__(self, in_channels: int, mid_channels: int, out_channels: int, stride: int,
                  dilation: int, project: bool) -> None:
@@ -108,14 +92,12 @@ class Bottleneck(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shortcut = x if self.projection is None else self.projection(x)
-        out = F.relu(self.reduce(x))
-        out = F.relu(self.conv3x3(out))
+        out = F.relu(self.conv3x3(F.relu(self.reduce(x))))
         return F.relu(self.increase(out) + shortcut)
 
 
 class ASPP(nn.Module):
-    """Atrous spatial pyramid pooling of DeepLab-v2: parallel dilated 3x3 convs (with bias)
-    whose outputs are summed; no BN, no activation."""
+    """DeepLab-v2's ASPP: parallel dilated 3x3 convs (with bias), summed; no BN, no activation."""
 
     def __init__(self, in_channels: int, out_channels: int, dilations: tuple[int, ...]) -> None:
         super().__init__()
@@ -125,35 +107,24 @@ class ASPP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C_in, h, w) -> (B, C_out, h, w)."""
-        out = self.branches[0](x)
-        for branch in self.branches[1:]:
-            out = out + branch(x)
-        return out
+        return sum((branch(x) for branch in self.branches[1:]), self.branches[0](x))
 
 
-def _conv_output_size(size: int, kernel: int, stride: int, padding: int) -> int:
-    return (size + 2 * padding - kernel) // stride + 1
-
-
-def _ceil_pool_output_size(size: int, kernel: int, stride: int, padding: int) -> int:
-    # PyTorch's ceil_mode rule: a last window that would start in the right padding is dropped.
-    out = math.ceil((size + 2 * padding - kernel) / stride) + 1
-    if (out - 1) * stride >= size + padding:
-        out -= 1
-    return out
+def _grid_size(size: int) -> int:
+    """Output length for an input length: the stem's 7x7 stride-2 conv (padding 3), its 3x3
+    stride-2 ceil-mode max-pool (padding 1), then res3's stride-2 1x1 reduce conv."""
+    size = (size + 2 * 3 - 7) // 2 + 1
+    pooled = math.ceil((size + 2 * 1 - 3) / 2) + 1
+    if (pooled - 1) * 2 >= size + 1:  # PyTorch drops a last window starting in the padding
+        pooled -= 1
+    return (pooled - 1) // 2 + 1
 
 
 class DeepLabV2(nn.Module):
-    """DeepLab-v2 ResNet with ASPP: images (B, 3, H, W) -> embedding-space map (B, E, h, w).
-
-    Args:
-        blocks_per_stage: bottlenecks in res2..res5 ((3, 4, 23, 3) = ResNet-101).
-        base_width: mid channels of res2; stage i has mid/out channels
-            (base_width * 2**i, 4 * base_width * 2**i).
-        embed_dim: ASPP output channels E (the class-embedding dimension).
-        aspp_dilations: dilation (= padding) of each ASPP branch.
-        stage_dilations: dilation (= padding) of the 3x3 convs in res2..res5.
-    """
+    """DeepLab-v2 ResNet with ASPP: images (B, 3, H, W) -> pre-activation map (B, E, h, w).
+    `blocks_per_stage`: bottlenecks of res2..res5 ((3, 4, 23, 3) = ResNet-101); stage i has mid /
+    out channels (base_width * 2**i, 4 * base_width * 2**i); dilations (= paddings) per ASPP
+    branch and per stage (its 3x3 convs)."""
 
     def __init__(self, blocks_per_stage: tuple[int, ...] = (3, 4, 23, 3), base_width: int = 64,
                  embed_dim: int = 600, aspp_dilations: tuple[int, ...] = (6, 12, 18, 24),
@@ -196,10 +167,4 @@ class DeepLabV2(nn.Module):
     @staticmethod
     def feature_size(height: int, width: int) -> tuple[int, int]:
         """The (h, w) of the output grid for an (H, W) input (stride 8, computed analytically)."""
-
-        def along(size: int) -> int:
-            size = _conv_output_size(size, 7, 2, 3)
-            size = _ceil_pool_output_size(size, 3, 2, 1)
-            return _conv_output_size(size, 1, 2, 0)  # the stride-2 1x1 reduce conv of res3
-
-        return along(height), along(width)
+        return _grid_size(height), _grid_size(width)

@@ -1,15 +1,6 @@
-"""The contextual module of CaGNet, method.md §1.2.
-
-From the backbone's pre-activation map `h` it builds a chain of dilated convs (growing receptive
-field), weighs the three context levels with a per-pixel scale selector, and predicts a latent
-code (mean and log-variance) per pixel. The latent code modulates `h` into the real pixel
-feature `f = sigmoid(h + h * sigmoid(z))` and is the generator's context input.
-
-Two quirks of the original are explicit switches (default on, as in the paper): a ReLU before the
-selector's sigmoid (weights in [0.5, 1)) and a ReLU on the log-variance (variance >= 1).
-"""
-
-from __future__ import annotations
+"""CaGNet's contextual module, method.md §1.2: chained dilated convs on the backbone map `h`, a
+per-pixel scale selector, and a latent code z (mean, log-variance) per pixel that modulates `h`
+into the real feature `f = sigmoid(h + h * sigmoid(z))` and conditions the generator."""
 
 from typing import NamedTuple
 
@@ -30,23 +21,16 @@ class ContextOutput(NamedTuple):
 
 
 class ContextualModule(nn.Module):
-    """Contextual latent code and modulated pixel feature (all convs bias-free, no BN).
-
-    Args:
-        embed_dim: channels E of the backbone output (and of latent and feature).
-        hidden_channels: channels of each context level.
-        dilations: dilation (= padding) of the three chained 3x3 context convs.
-        relu_before_selector: the original's ReLU between the selector conv and its sigmoid.
-        relu_on_logvar: the original's ReLU on the log-variance.
-    """
+    """Contextual latent code and modulated pixel feature (all convs bias-free, no BN); `dilations`
+    of the chained 3x3 context convs. Quirks of the original, on by default as in the paper:
+    `relu_before_selector` (selector weights in [0.5, 1)), `relu_on_logvar` (variance >= 1)."""
 
     def __init__(self, embed_dim: int = 600, hidden_channels: int = 256,
                  dilations: tuple[int, ...] = (1, 2, 5), relu_before_selector: bool = True,
                  relu_on_logvar: bool = True) -> None:
         super().__init__()
         self.embed_dim = embed_dim
-        self.relu_before_selector = relu_before_selector
-        self.relu_on_logvar = relu_on_logvar
+        self.relu_before_selector, self.relu_on_logvar = relu_before_selector, relu_on_logvar
         levels = len(dilations)
         in_channels = [embed_dim] + [hidden_channels] * (levels - 1)
         self.context_convs = nn.ModuleList(
@@ -59,31 +43,23 @@ class ContextualModule(nn.Module):
         kaiming_init(self)
 
     def forward(self, h: torch.Tensor, sample_latent: bool) -> ContextOutput:
-        """h: (B, E, h, w) pre-activation backbone output.
-
-        `sample_latent` draws z = mean + eps * exp(0.5 * logvar) (training); otherwise z = mean.
-        """
+        """h: (B, E, h, w) pre-activation backbone output. `sample_latent` draws
+        z = mean + eps * exp(0.5 * logvar) (training); otherwise z = mean."""
         levels = []
         x = torch.sigmoid(h)
         for conv in self.context_convs:
             x = torch.relu(conv(x))
             levels.append(x)
-        stacked = torch.cat(levels, dim=1)
-        selector = self.selector(stacked)
-        if self.relu_before_selector:
-            selector = torch.relu(selector)
-        scale_weights = torch.sigmoid(selector)
+        scores = self.selector(torch.cat(levels, dim=1))
+        scale_weights = torch.sigmoid(torch.relu(scores) if self.relu_before_selector else scores)
         weighted = torch.cat([level * scale_weights[:, i:i + 1] for i, level in enumerate(levels)],
                              dim=1)
         pooled = torch.relu(self.pool(weighted))
-        latent_mean = self.latent_mean(pooled)
-        latent_logvar = self.latent_logvar(pooled)
+        latent_mean, latent_logvar = self.latent_mean(pooled), self.latent_logvar(pooled)
         if self.relu_on_logvar:
             latent_logvar = torch.relu(latent_logvar)
+        latent = latent_mean
         if sample_latent:
-            noise = torch.randn_like(latent_mean)
-            latent = latent_mean + noise * torch.exp(0.5 * latent_logvar)
-        else:
-            latent = latent_mean
+            latent = latent_mean + torch.randn_like(latent_mean) * torch.exp(0.5 * latent_logvar)
         feature = torch.sigmoid(h + h * torch.sigmoid(latent))
         return ContextOutput(feature, latent, latent_mean, latent_logvar, scale_weights)

@@ -1,14 +1,6 @@
-"""Frozen BatchNorm folded into the preceding conv, for inference only: `bn(conv(x))` is one
-conv with weight `s W` and bias `s b + t` (s = γ / sqrt(σ² + ε), t = β - μ s), one memory pass
-less per BN. Training and checkpoints keep the unfolded form.
-
-Folded pairs: `ConvBatchNorm` and `Stem` (conv, bn), consecutive (Conv2d, FrozenBatchNorm2d)
-children of an `nn.Sequential`, and in a `torch.fx.GraphModule` (the torchvision trunks'
-feature extractors) every BN call whose input is a conv call used nowhere else; any other BN
-stays as it is.
-"""
-
-from __future__ import annotations
+"""Frozen BatchNorm folded into the preceding conv for inference (checkpoints stay unfolded):
+`bn(conv(x))` is one conv (weight `s W`, bias `s b + t`, s = γ / sqrt(σ² + ε), t = β - μ s), for
+every (conv, BN) pair `_conv_norm_pairs` finds (blocks, `nn.Sequential`, fx graphs)."""
 
 import copy
 
@@ -24,9 +16,8 @@ def folded_conv(conv: nn.Conv2d, norm: FrozenBatchNorm2d) -> nn.Conv2d:
     shift = norm.bias.double() - norm.running_mean.double() * scale
     bias = conv.bias.double() if conv.bias is not None else torch.zeros_like(shift)
     folded = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride,
-                       conv.padding, conv.dilation, conv.groups, bias=True,
-                       padding_mode=conv.padding_mode, device=conv.weight.device,
-                       dtype=conv.weight.dtype)
+                       conv.padding, conv.dilation, conv.groups, True, conv.padding_mode,
+                       device=conv.weight.device, dtype=conv.weight.dtype)
     with torch.no_grad():
         folded.weight.copy_(conv.weight.double() * scale.view(-1, 1, 1, 1))
         folded.bias.copy_(bias * scale + shift)
@@ -66,7 +57,6 @@ def fold_batch_norm(model: nn.Module, inplace: bool = False) -> nn.Module:
 
 def inference_model(model: nn.Module, channels_last: bool = False,
                     device: torch.device | str | None = None, inplace: bool = True) -> nn.Module:
-    """`model` as evaluation, prediction and export run it: folded, on `device`, with NHWC
-    weights when `channels_last` (`eval.channels_last`: faster convolutions)."""
+    """`model` folded, on `device`, NHWC weights if `channels_last` (eval, predict, export)."""
     model = fold_batch_norm(model, inplace).to(device)
     return model.to(memory_format=torch.channels_last) if channels_last else model

@@ -1,26 +1,9 @@
-"""Trunks: the image feature extractor under the ASPP head, named in recipes (`model.trunk`).
+"""Trunks under the ASPP head (`model.trunk`, README "Trunks"): `deeplabv2_resnet101`,
+`torchvision:<name>`, `timm:<name>`, `python:<module or file.py>:<callable>`; BatchNorm frozen,
+behind the `InputNormalization` each expects."""
 
-- `deeplabv2_resnet101` (the paper's): `models/backbone.py`, its depth and width from
-  `model.blocks_per_stage` / `base_width` (smaller ones for CPU runs);
-- `torchvision:<name>`: `torchvision.models.get_model(name)` cut at `model.trunk_endpoint`
-  (a node name; default `layer4` for ResNets, `features` otherwise) with torchvision's feature
-  extractor; ResNets are dilated to `model.output_stride` (8 or 16);
-- `timm:<name>`: `timm.create_model(name, features_only=True, out_indices=(endpoint,),
-  output_stride=...)` (an optional extra: `pip install -e ".[timm]"`);
-- `python:<module or path.py>:<callable>`: any factory `callable(pretrained: str) -> nn.Module`
-  mapping normalised (B, 3, H, W) images to (B, C, h, w) features.
-
-`model.pretrained` is `none`, `default` (the library's own weights, downloaded when online)
-or a local file (a state dict of the model before it is cut). The input normalisation belongs
-to the trunk (`model.normalization`: `auto` = `caffe` for DeepLab-v2, else `imagenet`;
-`centred` = (x - 127.5) / 127.5): images always arrive as the project's BGR minus
-`data.mean_bgr`, and `InputNormalization` converts them. Every BatchNorm is frozen.
-"""
-
-from __future__ import annotations
-
-import importlib
 import importlib.util
+import itertools
 from pathlib import Path
 
 import torch
@@ -29,15 +12,12 @@ from torch import nn
 from cagnet.errors import ConfigError
 from cagnet.models.backbone import ASPP, FrozenBatchNorm2d, kaiming_init
 
-IMAGENET_MEAN_RGB = (0.485, 0.456, 0.406)
-IMAGENET_STD_RGB = (0.229, 0.224, 0.225)
 NORMALIZATIONS = ("caffe", "imagenet", "centred")
 
 
 class InputNormalization(nn.Module):
-    """The project's input (B, 3, H, W), BGR 0..255 minus `mean_bgr`, to what a trunk expects:
-    `imagenet` (RGB in 0..1 minus the ImageNet mean, over its std), `centred` (RGB,
-    (x - 127.5) / 127.5) or `caffe` (unchanged)."""
+    """Images (B, 3, H, W), BGR 0..255 minus `mean_bgr`, to `imagenet` (RGB in 0..1 minus the
+    ImageNet mean, over its std), `centred` (RGB, (x - 127.5) / 127.5) or `caffe` (unchanged)."""
 
     def __init__(self, kind: str, mean_bgr) -> None:
         super().__init__()
@@ -45,11 +25,10 @@ class InputNormalization(nn.Module):
             raise ConfigError(f"model.normalization: expected auto or one of "
                               f"{', '.join(NORMALIZATIONS)}, got {kind!r}")
         self.kind = kind
-        mean, std = {"imagenet": (IMAGENET_MEAN_RGB, IMAGENET_STD_RGB),
+        mean, std = {"imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
                      "centred": ((0.5,) * 3, (0.5,) * 3)}.get(kind, ((0.0,) * 3, (1.0,) * 3))
-        self.register_buffer("mean_bgr", torch.tensor(list(mean_bgr)).view(1, 3, 1, 1))
-        self.register_buffer("mean_rgb", torch.tensor(mean).view(1, 3, 1, 1))
-        self.register_buffer("std_rgb", torch.tensor(std).view(1, 3, 1, 1))
+        for name, values in (("mean_bgr", list(mean_bgr)), ("mean_rgb", mean), ("std_rgb", std)):
+            self.register_buffer(name, torch.tensor(values).view(1, 3, 1, 1))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         if self.kind == "caffe":
@@ -59,17 +38,11 @@ class InputNormalization(nn.Module):
 
 
 def freeze_batch_norm(module: nn.Module) -> nn.Module:
-    """Replace every `nn.BatchNorm2d` inside `module` (in place) by a `FrozenBatchNorm2d` with
-    the same statistics and affine parameters; returns `module` (or its replacement)."""
+    """`module`, every `nn.BatchNorm2d` replaced (in place) by an equal `FrozenBatchNorm2d`."""
     if isinstance(module, nn.BatchNorm2d):
         frozen = FrozenBatchNorm2d(module.num_features, module.eps)
-        with torch.no_grad():
-            if module.affine:
-                frozen.weight.copy_(module.weight)
-                frozen.bias.copy_(module.bias)
-            if module.track_running_stats and module.running_mean is not None:
-                frozen.running_mean.copy_(module.running_mean)
-                frozen.running_var.copy_(module.running_var)
+        # Not strict: without affine parameters or running statistics, the defaults stay.
+        frozen.load_state_dict(module.state_dict(), strict=False)
         return frozen
     for name, child in module.named_children():
         replacement = freeze_batch_norm(child)
@@ -79,30 +52,21 @@ def freeze_batch_norm(module: nn.Module) -> nn.Module:
 
 
 def probe_output(module: nn.Module, height: int, width: int) -> torch.Size:
-    """Shape of `module`'s output for one (1, 3, H, W) zero image (eval mode, no gradients;
-    every submodule's mode is restored)."""
+    """Output shape for a (1, 3, H, W) zero image, in eval mode (modes restored after)."""
     modes = [(child, child.training) for child in module.modules()]
-    reference = next(iter(module.parameters()), None)
-    if reference is None:
-        reference = next(iter(module.buffers()), torch.zeros(()))
+    device = next(itertools.chain(module.parameters(), module.buffers()), torch.zeros(())).device
     module.eval()
     try:
         with torch.no_grad():
-            return module(torch.zeros(1, 3, height, width, device=reference.device)).shape
+            return module(torch.zeros(1, 3, height, width, device=device)).shape
     finally:
         for child, mode in modes:
             child.training = mode
 
 
 class TrunkWithASPP(nn.Module):
-    """Any trunk + the DeepLab-v2 ASPP: images (B, 3, H, W) -> (B, F, h, w).
-
-    Args:
-        trunk: module mapping (B, 3, H, W) -> (B, C, h, w).
-        trunk_channels: C; None measures it with one dummy forward of a 64 x 64 image.
-        out_channels: F, the ASPP output channels (the pixel-feature width).
-        dilations: dilation (= padding) of each ASPP branch.
-    """
+    """Any trunk ((B, 3, H, W) -> (B, C, h, w)) + the DeepLab-v2 ASPP -> (B, F, h, w), F =
+    `out_channels`; `trunk_channels` C None measures it with one forward of a 64 x 64 image."""
 
     def __init__(self, trunk: nn.Module, trunk_channels: int | None, out_channels: int,
                  dilations: tuple[int, ...] = (6, 12, 18, 24)) -> None:
@@ -115,8 +79,7 @@ class TrunkWithASPP(nn.Module):
                 raise ConfigError(f"the trunk must return a (B, C, h, w) feature map, it "
                                   f"returns shape {tuple(shape)} for a 64 x 64 image")
             trunk_channels = int(shape[1])
-        self.trunk, self.trunk_channels = trunk, int(trunk_channels)
-        self.embed_dim = out_channels
+        self.trunk, self.trunk_channels, self.embed_dim = trunk, int(trunk_channels), out_channels
         self.aspp = ASPP(self.trunk_channels, out_channels, tuple(dilations))
         kaiming_init(self.aspp)
         self._sizes: dict[tuple[int, int], tuple[int, int]] = {}
@@ -139,8 +102,7 @@ class TrunkWithASPP(nn.Module):
 
 
 class _Endpoint(nn.Module):
-    """The tensor of one named output of a feature extractor (torchvision) or the single
-    feature map of a timm `features_only` model."""
+    """Output `key` of a feature extractor (torchvision's dict, timm's list)."""
 
     def __init__(self, extractor: nn.Module, key: str | int) -> None:
         super().__init__()
@@ -151,15 +113,11 @@ class _Endpoint(nn.Module):
 
 
 def dilate_resnet(resnet: nn.Module, output_stride: int) -> nn.Module:
-    """Turn the last stride-2 stages of a torchvision ResNet into dilated ones (atrous, as
-    DeepLab does), for output stride 8 (layer3 and layer4) or 16 (layer4); works for basic
-    and bottleneck blocks. In place; returns `resnet`."""
+    """A torchvision ResNet dilated in place (as DeepLab) to output stride 8 or 16 (or kept 32)."""
     stages = {8: ("layer3", "layer4"), 16: ("layer4",), 32: ()}
     if output_stride not in stages:
         raise ConfigError(f"model.output_stride: expected 8, 16 or 32, got {output_stride}")
-    dilation = 1
-    for name in stages[output_stride]:  # every 3x3 conv of a dilated stage, as DeepLab-v2
-        dilation *= 2
+    for dilation, name in zip((2, 4), stages[output_stride]):  # every 3x3 conv, as DeepLab-v2
         for layer in getattr(resnet, name).modules():
             if isinstance(layer, nn.Conv2d) and layer.stride == (2, 2):
                 layer.stride = (1, 1)
@@ -169,6 +127,9 @@ def dilate_resnet(resnet: nn.Module, output_stride: int) -> nn.Module:
 
 
 def _load_local(model: nn.Module, path: str, trunk: str) -> None:
+    """Load `model.pretrained` when it names a local file (not `none` or `default`)."""
+    if path in ("none", "default"):
+        return
     file = Path(path).expanduser()
     if not file.is_file():
         raise ConfigError(f"model.pretrained: weight file not found: {file} (for {trunk})")
@@ -184,7 +145,6 @@ def _load_local(model: nn.Module, path: str, trunk: str) -> None:
 def _torchvision(name: str, pretrained: str, endpoint: str, output_stride: int) -> nn.Module:
     import torchvision
     from torchvision.models.feature_extraction import create_feature_extractor
-
     try:
         model = torchvision.models.get_model(name, weights="DEFAULT" if pretrained == "default"
                                              else None)
@@ -193,8 +153,7 @@ def _torchvision(name: str, pretrained: str, endpoint: str, output_stride: int) 
     except (OSError, RuntimeError) as error:
         raise ConfigError(f"model.pretrained default: torchvision could not fetch the weights "
                           f"of {name} ({error}); give a local file instead") from None
-    if pretrained not in ("none", "default"):
-        _load_local(model, pretrained, f"torchvision:{name}")
+    _load_local(model, pretrained, f"torchvision:{name}")
     is_resnet = hasattr(model, "layer4")
     if is_resnet:
         dilate_resnet(model, output_stride)
@@ -211,20 +170,18 @@ def _timm(name: str, pretrained: str, endpoint: str, output_stride: int) -> nn.M
     try:
         import timm
     except ImportError:
-        raise ConfigError(f"model.trunk timm:{name} needs timm: pip install -e \".[timm]\"") \
-            from None
+        raise ConfigError(f'model.trunk timm:{name} needs timm: pip install -e ".[timm]"') from None
     index = int(endpoint) if endpoint else -1
     try:
         model = timm.create_model(name, pretrained=pretrained == "default", features_only=True,
                                   out_indices=(index,), output_stride=output_stride)
     except (RuntimeError, OSError, ValueError) as error:
         raise ConfigError(f"model.trunk timm:{name}: {error}") from None
-    if pretrained not in ("none", "default"):
-        _load_local(model, pretrained, f"timm:{name}")
+    _load_local(model, pretrained, f"timm:{name}")
     return _Endpoint(model, 0)
 
 
-def _python(target: str, pretrained: str) -> nn.Module:
+def _python(target: str, pretrained: str, *unused) -> nn.Module:  # no endpoint, no stride
     source, _, attribute = target.rpartition(":")
     try:
         if source.endswith(".py"):
@@ -249,18 +206,12 @@ def _python(target: str, pretrained: str) -> nn.Module:
 
 def build_trunk(spec: str, pretrained: str, endpoint: str, output_stride: int,
                 normalization: str, mean_bgr) -> nn.Module:
-    """A non-DeepLab trunk from its recipe name (see the module docstring), with frozen
-    BatchNorm, behind the input normalisation it expects."""
+    """A non-DeepLab trunk by recipe name, BatchNorm frozen, behind its input normalisation."""
     kind, _, name = spec.partition(":")
-    if kind == "torchvision":
-        trunk = _torchvision(name, pretrained, endpoint, output_stride)
-    elif kind == "timm":
-        trunk = _timm(name, pretrained, endpoint, output_stride)
-    elif kind == "python":
-        trunk = _python(name, pretrained)
-    else:
+    builders = {"torchvision": _torchvision, "timm": _timm, "python": _python}
+    if kind not in builders:
         raise ConfigError(f"model.trunk: expected deeplabv2_resnet101, torchvision:<name>, "
                           f"timm:<name> or python:<module>:<callable>, got {spec!r}")
-    kind_normalization = "imagenet" if normalization == "auto" else normalization
-    return nn.Sequential(InputNormalization(kind_normalization, mean_bgr),
-                         freeze_batch_norm(trunk))
+    trunk = builders[kind](name, pretrained, endpoint, output_stride)
+    normalization = "imagenet" if normalization == "auto" else normalization
+    return nn.Sequential(InputNormalization(normalization, mean_bgr), freeze_batch_norm(trunk))

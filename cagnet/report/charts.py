@@ -1,13 +1,5 @@
-"""Pictures of evaluation results, drawn with OpenCV: the row-normalised confusion matrix as a
-heat map, the per-class IoU bar chart, and the confusion matrix as CSV.
-
-Inputs follow the evaluator's conventions: a (K, K) confusion matrix in model class order
-(seen classes 0..S-1, then unseen S..K-1), rows = ground truth, columns = prediction. Images
-are BGR uint8. `write_evaluation_figures` writes `confusion.csv`, `confusion.png` and
-`iou.png` beside an evaluation's `metrics.json`.
-"""
-
-from __future__ import annotations
+"""Evaluation pictures (OpenCV, BGR uint8) of a (K, K) confusion matrix in model class order (rows
+= ground truth): the row-normalised heat map, the per-class IoU bars, and the matrix as CSV."""
 
 import csv
 import io
@@ -18,23 +10,21 @@ from typing import Mapping, Sequence
 import cv2
 import numpy as np
 
+from cagnet.report.pictures import BACKGROUND, put_text, text_width, write_png
 from cagnet.utils.io import atomic_write_text
-from cagnet.report.pictures import BACKGROUND, TEXT_COLOUR, put_text, text_width, write_png
 
 SEEN_COLOUR = (180, 119, 31)  # BGR of a blue
 UNSEEN_COLOUR = (14, 127, 255)  # BGR of an orange
-GRID_COLOUR = (220, 220, 220)
-MISSING_COLOUR = (200, 200, 200)
+GRID_COLOUR, MISSING_COLOUR = (220, 220, 220), (200, 200, 200)
 
 
 def confusion_csv(confusion: np.ndarray, class_names: Sequence[str]) -> str:
-    """CSV text: a header row of class names (predictions), then one row per ground-truth class
-    (its name, then its pixel counts)."""
+    """CSV: a header of predicted class names, then per ground-truth class its counts."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(["ground truth \\ prediction", *class_names])
-    for name, row in zip(class_names, np.asarray(confusion)):
-        writer.writerow([name, *[int(value) for value in row]])
+    writer.writerows([name, *[int(value) for value in row]]
+                     for name, row in zip(class_names, np.asarray(confusion)))
     return buffer.getvalue()
 
 
@@ -70,13 +60,10 @@ def _split_colours(num_classes: int, num_seen: int) -> list[tuple]:
 
 
 def confusion_figure(confusion: np.ndarray, class_names: Sequence[str], num_seen: int,
-                     title: str = "confusion (rows = ground truth, row-normalised)"
-                     ) -> np.ndarray:
-    """Heat map of the row-normalised confusion matrix with class names on both axes; a white
-    line separates the seen and unseen blocks and a coloured bar beside each axis marks them
-    (blue = seen, orange = unseen). Percentages are printed in cells when they fit."""
-    fractions = row_normalise(confusion)
-    num_classes = len(class_names)
+                     title: str = "confusion (rows = ground truth, row-normalised)") -> np.ndarray:
+    """Heat map of the row-normalised confusion matrix, class names on both axes, the seen /
+    unseen blocks marked (white lines, blue / orange bars); percentages in cells when they fit."""
+    fractions, num_classes = row_normalise(confusion), len(class_names)
     cell = int(np.clip(720 // max(num_classes, 1), 5, 40))
     scale = float(np.clip(cell / 40, 0.3, 0.45))
     colours = _split_colours(num_classes, num_seen)
@@ -84,11 +71,10 @@ def confusion_figure(confusion: np.ndarray, class_names: Sequence[str], num_seen
     band = 14
     left, top = name_length + band + 6, int(40 * max(scale, 0.4)) + name_length + band + 6
     size = num_classes * cell
-    width, height = left + size + 90, top + size + 40
-    canvas = np.full((height, width, 3), BACKGROUND, dtype=np.uint8)
+    canvas = np.full((top + size + 40, left + size + 90, 3), BACKGROUND, dtype=np.uint8)
     put_text(canvas, title, (10, int(26 * max(scale, 0.4))), max(scale, 0.45))
-    cells = _heat_colours(fractions)
-    canvas[top:top + size, left:left + size] = np.repeat(np.repeat(cells, cell, 0), cell, 1)
+    canvas[top:top + size, left:left + size] = np.repeat(
+        np.repeat(_heat_colours(fractions), cell, 0), cell, 1)
     for index, name in enumerate(class_names):
         baseline = top + index * cell + (cell + int(20 * scale)) // 2
         put_text(canvas, name, (left - band - 6 - text_width(name, scale), baseline), scale,
@@ -102,9 +88,9 @@ def confusion_figure(confusion: np.ndarray, class_names: Sequence[str], num_seen
                 x = left + column * cell + (cell - text_width(text, 0.35)) // 2
                 ink = (20, 20, 20) if value > 0.6 else (255, 255, 255)
                 put_text(canvas, text, (x, top + row * cell + cell // 2 + 4), 0.35, ink)
-    for offset, count, colour, label in ((0, num_seen, SEEN_COLOUR, "seen"),
-                                         (num_seen, num_classes - num_seen, UNSEEN_COLOUR,
-                                          "unseen")):
+    blocks = ((0, num_seen, SEEN_COLOUR, "seen"),
+              (num_seen, num_classes - num_seen, UNSEEN_COLOUR, "unseen"))
+    for offset, count, colour, label in blocks:
         if count <= 0:
             continue
         start, end = offset * cell, (offset + count) * cell
@@ -122,34 +108,30 @@ def confusion_figure(confusion: np.ndarray, class_names: Sequence[str], num_seen
 
 def _colour_bar(canvas: np.ndarray, x: int, y: int, height: int) -> None:
     """A vertical 0..100 % scale of the heat-map colours."""
-    values = np.linspace(1.0, 0.0, height)
-    canvas[y:y + height, x:x + 14] = _heat_colours(values)[:, None, :]
+    canvas[y:y + height, x:x + 14] = _heat_colours(np.linspace(1.0, 0.0, height))[:, None, :]
     for fraction in (0.0, 0.5, 1.0):
         y_tick = y + int(round((1 - fraction) * (height - 1)))
         put_text(canvas, f"{100 * fraction:.0f}%", (x + 18, y_tick + 4), 0.35)
 
 
 def iou_figure(scores: Mapping, class_names: Sequence[str], num_seen: int) -> np.ndarray:
-    """Horizontal per-class IoU bars (blue = seen, orange = unseen, "n/a" for a class that
-    never occurs), dashed lines at the seen and unseen mIoU, hIoU and both mIoUs in the title."""
+    """Per-class IoU bars (blue seen, orange unseen, n/a if absent), dashed seen / unseen mIoU."""
     ious = [float("nan") if value is None else float(value) for value in scores["iou"]]
     scale, row, bar_length = 0.45, 22, 420
     name_length = max(text_width(name, scale) for name in class_names) + 12
     left, top = name_length + 10, 76
-    height, width = top + row * len(class_names) + 40, left + bar_length + 80
-    canvas = np.full((height, width, 3), BACKGROUND, dtype=np.uint8)
+    bottom = top + row * len(class_names)
+    canvas = np.full((bottom + 40, left + bar_length + 80, 3), BACKGROUND, dtype=np.uint8)
 
     def number(key: str) -> str:
         value = scores.get(key)
         return "n/a" if value is None or value != value else f"{value:.4f}"
-
     put_text(canvas, f"hIoU {number('hiou')}   mIoU seen {number('miou_seen')}   "
              f"mIoU unseen {number('miou_unseen')}", (10, 24), 0.5)
     for offset, (label, colour) in enumerate((("seen", SEEN_COLOUR), ("unseen", UNSEEN_COLOUR))):
         x = left + offset * 110
         cv2.rectangle(canvas, (x, 38), (x + 14, 52), colour, -1)
         put_text(canvas, label, (x + 20, 50), 0.42)
-    bottom = top + row * len(class_names)
     for tick in np.linspace(0, 1, 6):
         x = left + int(round(tick * bar_length))
         cv2.line(canvas, (x, top - 4), (x, bottom), GRID_COLOUR, 1)
@@ -157,8 +139,7 @@ def iou_figure(scores: Mapping, class_names: Sequence[str], num_seen: int) -> np
     colours = _split_colours(len(class_names), num_seen)
     for index, (name, value) in enumerate(zip(class_names, ious)):
         y = top + index * row
-        put_text(canvas, name, (left - 8 - text_width(name, scale), y + row - 7), scale,
-                 TEXT_COLOUR)
+        put_text(canvas, name, (left - 8 - text_width(name, scale), y + row - 7), scale)
         if math.isnan(value):
             put_text(canvas, "n/a", (left + 4, y + row - 7), 0.4, (120, 120, 120))
             continue
@@ -177,10 +158,8 @@ def iou_figure(scores: Mapping, class_names: Sequence[str], num_seen: int) -> np
 def write_evaluation_figures(out_dir: str | Path, confusion: np.ndarray, scores: Mapping,
                              class_names: Sequence[str], num_seen: int) -> list[Path]:
     """Write `confusion.csv`, `confusion.png` and `iou.png` into `out_dir` (atomically)."""
-    out_dir = Path(out_dir)
-    confusion = np.asarray(confusion)
-    return [
-        atomic_write_text(out_dir / "confusion.csv", confusion_csv(confusion, class_names)),
-        write_png(out_dir / "confusion.png", confusion_figure(confusion, class_names, num_seen)),
-        write_png(out_dir / "iou.png", iou_figure(scores, class_names, num_seen)),
-    ]
+    out_dir, confusion = Path(out_dir), np.asarray(confusion)
+    return [atomic_write_text(out_dir / "confusion.csv", confusion_csv(confusion, class_names)),
+            write_png(out_dir / "confusion.png",
+                      confusion_figure(confusion, class_names, num_seen)),
+            write_png(out_dir / "iou.png", iou_figure(scores, class_names, num_seen))]

@@ -1,10 +1,5 @@
-"""A small line chart drawn with OpenCV: score curves against the calibration constant T.
-
-Input: x values, named y series in [0, 1] (NaN points are skipped), an optional marked x (the
-chosen T). Output: a BGR uint8 image; `write_curve_png` writes it atomically.
-"""
-
-from __future__ import annotations
+"""A small line chart drawn with OpenCV (BGR uint8): score curves in [0, 1] (NaN points skipped)
+against the calibration constant T, the chosen T marked."""
 
 import math
 from pathlib import Path
@@ -17,9 +12,7 @@ from cagnet.report.pictures import BACKGROUND, TEXT_COLOUR, put_text, write_png
 
 WIDTH, HEIGHT = 720, 440
 LEFT, RIGHT, TOP, BOTTOM = 60, 190, 40, 50
-AXIS_COLOUR = (90, 90, 90)
-GRID_COLOUR = (225, 225, 225)
-MARK_COLOUR = (40, 40, 200)
+AXIS_COLOUR, GRID_COLOUR, MARK_COLOUR = (90, 90, 90), (225, 225, 225), (40, 40, 200)
 # BGR colours of the series, in order (blue, orange, green, purple, brown, grey).
 SERIES_COLOURS = ((180, 119, 31), (14, 127, 255), (44, 160, 44), (189, 103, 148),
                   (75, 86, 140), (127, 127, 127))
@@ -51,8 +44,7 @@ def _axes(canvas: np.ndarray, x_range: tuple[float, float], x_label: str) -> Non
 def curve_chart(x_values: Sequence[float], series: dict[str, Sequence[float]], title: str,
                 x_label: str = "T", marked_x: float | None = None,
                 dashed: Sequence[str] = ()) -> np.ndarray:
-    """(HEIGHT, WIDTH, 3) uint8 chart of every series against `x_values`; series named in
-    `dashed` are drawn as dots; `marked_x` is a vertical line."""
+    """(HEIGHT, WIDTH, 3) chart: series against `x_values` (`dashed` ones as dots), `marked_x`."""
     canvas = np.full((HEIGHT, WIDTH, 3), BACKGROUND, dtype=np.uint8)
     x_range = (min(x_values), max(x_values)) if x_values else (0.0, 1.0)
     _axes(canvas, x_range, x_label)
@@ -69,12 +61,10 @@ def curve_chart(x_values: Sequence[float], series: dict[str, Sequence[float]], t
             for point in points:
                 cv2.circle(canvas, point, 2, colour, -1, cv2.LINE_AA)
         elif len(points) > 1:
-            cv2.polylines(canvas, [np.asarray(points, dtype=np.int32)], False, colour, 2,
-                          cv2.LINE_AA)
-        legend_y = TOP + 18 * index + 8
-        cv2.line(canvas, (WIDTH - RIGHT + 12, legend_y - 4), (WIDTH - RIGHT + 32, legend_y - 4),
-                 colour, 2)
-        put_text(canvas, name, (WIDTH - RIGHT + 38, legend_y), 0.4, TEXT_COLOUR)
+            cv2.polylines(canvas, [np.array(points, np.int32)], False, colour, 2, cv2.LINE_AA)
+        row = TOP + 18 * index + 8  # of the legend: a short line, then the name
+        cv2.line(canvas, (WIDTH - RIGHT + 12, row - 4), (WIDTH - RIGHT + 32, row - 4), colour, 2)
+        put_text(canvas, name, (WIDTH - RIGHT + 38, row), 0.4, TEXT_COLOUR)
     return canvas
 
 
@@ -82,5 +72,4 @@ def write_curve_png(path: str | Path, x_values: Sequence[float],
                     series: dict[str, Sequence[float]], title: str,
                     marked_x: float | None = None, dashed: Sequence[str] = ()) -> Path:
     """Draw `curve_chart` and write it as a PNG."""
-    return write_png(path, curve_chart(x_values, series, title, marked_x=marked_x,
-                                       dashed=dashed))
+    return write_png(path, curve_chart(x_values, series, title, marked_x=marked_x, dashed=dashed))

@@ -1,20 +1,6 @@
-"""Pictures of predictions: class colours, palette label PNGs, overlays, legends, and the
-input / ground truth / prediction panel that TensorBoard shows at each evaluation.
-
-Colours are deterministic: model class k (seen classes first, then unseen, then classes added
-by `cagnet extend`) is drawn with entry k + 1 of the Pascal VOC colour map; entry 0 (black) is
-never a class. A class whose name holds a colour word ("striped red") is drawn in a shade of
-that colour instead, one shade per class of that colour. A label PNG written here is a palette
-PNG whose pixel value is k + 1 and whose palette holds the same colours as the overlays, so
-`value - 1` gives the model class.
-
-Everything is drawn with OpenCV (no plotting library). Images are BGR uint8 (H, W, 3) inside
-this module; only `segmentation_panel` returns RGB (3, H, W) for TensorBoard. Text is drawn
-with OpenCV's Hershey fonts, which only know ASCII: other characters are shown as '?'.
-The evaluation charts (confusion matrix, per-class IoU) live in `cagnet.report.charts`.
-"""
-
-from __future__ import annotations
+"""Pictures of predictions (OpenCV, BGR uint8 (H, W, 3)): class colours (class k: VOC colour-map
+entry k + 1, or a shade of a colour word in its name), palette label PNGs, overlays, legends and
+the TensorBoard panel. Hershey fonts only draw ASCII (others become '?')."""
 
 import io
 import re
@@ -33,10 +19,7 @@ from cagnet.utils.io import atomic_write_bytes
 IGNORE_INDEX = 255
 MAX_CLASSES = 254  # label PNG values are class + 1 and must stay below 255
 FONT = cv2.FONT_HERSHEY_SIMPLEX
-TEXT_COLOUR = (30, 30, 30)
-BACKGROUND = (255, 255, 255)
-
-
+TEXT_COLOUR, BACKGROUND = (30, 30, 30), (255, 255, 255)
 # RGB of the colour words a class name may hold; classes sharing one get distinct shades.
 NAMED_COLOURS = {"red": (215, 40, 40), "green": (40, 165, 60), "blue": (40, 90, 225),
                  "yellow": (240, 210, 30), "orange": (245, 140, 20), "purple": (135, 60, 180),
@@ -54,20 +37,17 @@ def colour_word(name: str) -> str | None:
 def shades(rgb: Sequence[int], count: int) -> np.ndarray:
     """(count, 3) uint8: from darker (mixed with black) to lighter (mixed with white)."""
     base = np.asarray(rgb, dtype=np.float64)
-    rows = []
-    for amount in np.linspace(-0.4, 0.25, count) if count > 1 else [0.0]:
-        rows.append(base * (1 + amount) if amount < 0 else base + (255 - base) * amount)
+    rows = [base * (1 + amount) if amount < 0 else base + (255 - base) * amount
+            for amount in (np.linspace(-0.4, 0.25, count) if count > 1 else [0.0])]
     return np.asarray(rows).round().astype(np.uint8)
 
 
 def class_colours(num_classes: int, class_names: Sequence[str] | None = None) -> np.ndarray:
-    """(K, 3) uint8 RGB: class k gets VOC colour-map entry k + 1, or, when its name in
-    `class_names` holds a colour word, a shade of that colour (in class order)."""
+    """(K, 3) uint8 RGB: VOC colour-map entry k + 1 for class k, or a shade of its colour word."""
     if not 0 < num_classes <= MAX_CLASSES:
         raise CagnetError(f"cannot colour {num_classes} classes: expected 1..{MAX_CLASSES} "
                           "(label PNG values are class index + 1, below 255)")
-    palette = np.asarray(voc_palette(), dtype=np.uint8).reshape(256, 3)
-    colours = palette[1:num_classes + 1].copy()
+    colours = np.asarray(voc_palette(), dtype=np.uint8).reshape(256, 3)[1:num_classes + 1].copy()
     words = [colour_word(name) for name in (class_names or [])[:num_classes]]
     for word in set(words) - {None}:
         members = [index for index, other in enumerate(words) if other == word]
@@ -77,8 +57,7 @@ def class_colours(num_classes: int, class_names: Sequence[str] | None = None) ->
 
 def colourise(labels: np.ndarray, colours: np.ndarray, ignore_colour=(0, 0, 0)) -> np.ndarray:
     """labels (H, W) class indices (255 = ignore) -> (H, W, 3) uint8 RGB."""
-    table = np.zeros((256, 3), dtype=np.uint8)
-    table[:] = ignore_colour
+    table = np.full((256, 3), ignore_colour, dtype=np.uint8)
     table[:len(colours)] = colours
     return table[np.asarray(labels).clip(0, 255).astype(np.uint8)]
 
@@ -88,11 +67,10 @@ def label_png_bytes(prediction: np.ndarray, colours: np.ndarray, no_class: int |
     """A palette PNG of prediction (H, W) class indices 0..K-1 (K = len(colours)): pixel
     value = class + 1, palette entry k + 1 = colours[k]; value 0 (black) = `no_class`."""
     prediction = np.asarray(prediction)
-    valid = prediction if no_class is None else prediction[prediction != no_class]
+    valid = prediction[prediction != no_class]  # every pixel when `no_class` is None
     if valid.size and (valid.min() < 0 or valid.max() >= len(colours)):
         raise ValueError(f"prediction holds values outside 0..{len(colours) - 1}")
-    values = np.where(prediction == no_class, 0, prediction + 1) if no_class is not None \
-        else prediction + 1
+    values = np.where(prediction == no_class, 0, prediction + 1)
     palette = np.zeros((256, 3), dtype=np.uint8)
     palette[1:len(colours) + 1] = colours
     image = Image.fromarray(values.astype(np.uint8), mode="P")
@@ -102,17 +80,12 @@ def label_png_bytes(prediction: np.ndarray, colours: np.ndarray, no_class: int |
     return buffer.getvalue()
 
 
-def encode_png(image_bgr: np.ndarray) -> bytes:
-    """BGR uint8 (H, W, 3) -> PNG bytes."""
+def write_png(path: str | Path, image_bgr: np.ndarray) -> Path:
+    """Write a BGR uint8 (H, W, 3) image as PNG, atomically."""
     ok, data = cv2.imencode(".png", image_bgr, [cv2.IMWRITE_PNG_COMPRESSION, 9])
     if not ok:
         raise CagnetError(f"cannot encode an image of shape {image_bgr.shape} as PNG")
-    return data.tobytes()
-
-
-def write_png(path: str | Path, image_bgr: np.ndarray) -> Path:
-    """Write a BGR image as PNG, atomically."""
-    return atomic_write_bytes(path, encode_png(image_bgr))
+    return atomic_write_bytes(path, data.tobytes())
 
 
 def ascii_text(text: str) -> str:
@@ -133,25 +106,14 @@ def put_text(canvas: np.ndarray, text: str, origin: tuple[int, int], scale: floa
 
 def overlay(image_bgr: np.ndarray, prediction: np.ndarray, colours: np.ndarray,
             alpha: float = 0.5, contour_thickness: int | None = None) -> np.ndarray:
-    """Blend the class colours into the image and outline every region.
-
-    Args:
-        image_bgr: (H, W, 3) uint8.
-        prediction: (H, W) class indices 0..K-1 (255 pixels are left unblended).
-        colours: (K, 3) uint8 RGB class colours.
-        alpha: weight of the colour layer.
-        contour_thickness: outline width in pixels (default: grows with the image size).
-    Returns:
-        (H, W, 3) uint8 BGR.
-    """
+    """image (H, W, 3) BGR with the RGB `colours` (K, 3) of prediction (H, W) blended in (255
+    unblended) and every region outlined -> (H, W, 3) uint8 BGR."""
     colour_layer = colourise(prediction, colours)[..., ::-1].astype(np.float32)
     blended = image_bgr.astype(np.float32) * (1.0 - alpha) + colour_layer * alpha
     valid = (prediction != IGNORE_INDEX)[..., None]
     out = np.where(valid, blended, image_bgr.astype(np.float32)).round().astype(np.uint8)
     thickness = contour_thickness or max(1, round(min(prediction.shape) / 200))
-    for class_index in np.unique(prediction):
-        if class_index == IGNORE_INDEX:
-            continue
+    for class_index in np.unique(prediction[prediction != IGNORE_INDEX]):
         mask = (prediction == class_index).astype(np.uint8)
         contours, _ = cv2.findContours(mask, cv2.RETR_LIST, cv2.CHAIN_APPROX_SIMPLE)
         colour_bgr = tuple(int(c) for c in colours[class_index][::-1])
@@ -161,8 +123,7 @@ def overlay(image_bgr: np.ndarray, prediction: np.ndarray, colours: np.ndarray,
 
 @dataclass(frozen=True)
 class LegendEntry:
-    """One legend row: the class, its colour (RGB), its tag (seen / unseen / added) and the
-    share of the image's pixels predicted as it."""
+    """One legend row: class name, RGB colour, tag (seen / unseen / added), pixel share."""
 
     name: str
     colour: tuple[int, int, int]
@@ -183,30 +144,24 @@ def legend_entries(prediction: np.ndarray, class_names: Sequence[str], tags: Seq
 
 def legend_image(entries: Sequence[LegendEntry], title: str = "classes present",
                  height: int | None = None, scale: float = 0.5) -> np.ndarray:
-    """A legend: colour swatch, class name, [tag], pixel share per row. (H, W, 3) BGR; at least
-    `height` pixels tall when given (so it can sit beside an image)."""
-    row = int(round(44 * scale))
-    swatch = int(round(28 * scale))
+    """Legend rows (swatch, name, [tag], share) as (H, W, 3) BGR, at least `height` tall."""
+    row, swatch, pad = (int(round(size * scale)) for size in (44, 28, 16))
     name_width = max([text_width(e.name, scale) for e in entries] + [text_width(title, scale)])
     tag_width = max([text_width(f"[{e.tag}]", scale) for e in entries] + [0])
     share_width = text_width("100.0 %", scale)
-    pad = int(round(16 * scale))
     width = pad + swatch + pad + name_width + pad + tag_width + pad + share_width + pad
     needed = row * (len(entries) + 1) + pad
     canvas = np.full((max(needed, height or 0), width, 3), BACKGROUND, dtype=np.uint8)
-    put_text(canvas, title, (pad, row - pad // 2), scale, thickness=1)
+    put_text(canvas, title, (pad, row - pad // 2), scale)
     for index, entry in enumerate(entries):
         top = row * (index + 1) + (row - swatch) // 2
-        x = pad
         colour_bgr = tuple(int(c) for c in entry.colour[::-1])
-        cv2.rectangle(canvas, (x, top), (x + swatch, top + swatch), colour_bgr, -1)
-        cv2.rectangle(canvas, (x, top), (x + swatch, top + swatch), (60, 60, 60), 1)
-        baseline = top + swatch - max(1, swatch // 6)
-        x += swatch + pad
+        cv2.rectangle(canvas, (pad, top), (pad + swatch, top + swatch), colour_bgr, -1)
+        cv2.rectangle(canvas, (pad, top), (pad + swatch, top + swatch), (60, 60, 60), 1)
+        baseline, x = top + swatch - max(1, swatch // 6), 2 * pad + swatch
         put_text(canvas, entry.name, (x, baseline), scale)
-        x += name_width + pad
         tag_colour = (40, 40, 40) if entry.tag == "seen" else (0, 90, 200)
-        put_text(canvas, f"[{entry.tag}]", (x, baseline), scale, tag_colour)
+        put_text(canvas, f"[{entry.tag}]", (x + name_width + pad, baseline), scale, tag_colour)
         share = f"{100.0 * entry.share:.1f} %" if entry.share >= 0.0005 else "<0.1 %"
         put_text(canvas, share, (width - pad - text_width(share, scale), baseline), scale)
     return canvas
@@ -226,17 +181,8 @@ def side_by_side(images: Sequence[np.ndarray], gap: int = 8) -> np.ndarray:
 
 def segmentation_panel(image_bgr: np.ndarray, label: np.ndarray, prediction: np.ndarray,
                        colours: np.ndarray) -> np.ndarray:
-    """Input | ground truth | prediction, for TensorBoard.
-
-    Args:
-        image_bgr: (H, W, 3) uint8 input image.
-        label: (H, W) ground-truth class indices (255 = background / void, drawn black).
-        prediction: (H, W) predicted class indices.
-        colours: (K, 3) uint8 RGB class colours (`class_colours`).
-    Returns:
-        (3, H, 3 W + 8) uint8 RGB (CHW, as `SummaryWriter.add_image` expects).
-    """
-    truth = colourise(label, colours)[..., ::-1]
-    predicted = colourise(prediction, colours)[..., ::-1]
+    """Input (H, W, 3) BGR | ground truth (H, W) (255 drawn black) | prediction (H, W), drawn
+    with (K, 3) RGB `colours` -> (3, H, 3 W + 8) uint8 RGB, as `SummaryWriter.add_image` wants."""
+    truth, predicted = (colourise(labels, colours)[..., ::-1] for labels in (label, prediction))
     panel = side_by_side([image_bgr, truth, predicted], gap=4)
     return np.ascontiguousarray(panel[..., ::-1].transpose(2, 0, 1))

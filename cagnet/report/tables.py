@@ -1,12 +1,5 @@
-"""Turn the scores of `cagnet.metrics.zero_shot_scores` into tables, JSON and log lines.
-
-Formatting only: no metric is computed here. Class rows follow the model's class order (seen
-classes first, then unseen), which is the order of the confusion matrix, so `class_names[i]` names
-matrix position i and positions `< num_seen` are seen. An undefined score (NaN: the class never
-occurs, or a set has no valid class) is written as "—" in Markdown and as `null` in JSON.
-"""
-
-from __future__ import annotations
+"""Scores of `cagnet.metrics.zero_shot_scores` as tables, JSON and log lines, in the confusion
+matrix's class order; an undefined score (NaN) is "—" in Markdown and `null` in JSON."""
 
 import math
 import os
@@ -21,14 +14,8 @@ __all__ = ["class_rows", "format_scores_line", "markdown_report", "metrics_docum
 MISSING = "—"
 
 # (scores key, column title) of the summary table, in display order.
-SUMMARY_COLUMNS = (
-    ("hiou", "hIoU"),
-    ("miou", "mIoU"),
-    ("miou_seen", "S-mIoU"),
-    ("miou_unseen", "U-mIoU"),
-    ("pixel_acc", "pixel acc"),
-    ("mean_acc", "mean acc"),
-)
+SUMMARY_COLUMNS = (("hiou", "hIoU"), ("miou", "mIoU"), ("miou_seen", "S-mIoU"),
+                   ("miou_unseen", "U-mIoU"), ("pixel_acc", "pixel acc"), ("mean_acc", "mean acc"))
 
 
 def _format_number(value: Any, decimals: int = 4) -> str:
@@ -38,23 +25,9 @@ def _format_number(value: Any, decimals: int = 4) -> str:
     return f"{float(value):.{decimals}f}"
 
 
-def class_rows(scores: Mapping[str, Any], class_names: Sequence[str],
-               num_seen: int) -> list[dict]:
-    """One row per class of the confusion matrix.
-
-    Args:
-        scores: Output of `zero_shot_scores` (needs `iou` and `accuracy`, N entries each).
-        class_names: N names in model order (seen first, then unseen).
-        num_seen: S; positions `< S` are seen, the rest unseen.
-
-    Returns:
-        N dicts with `name`, `index` (matrix position), `split` ("seen"/"unseen"), `iou`,
-        `accuracy` (floats, NaN where undefined).
-
-    Raises:
-        ValueError: the number of names differs from the number of per-class scores, or
-            `num_seen` is outside `[0, N]`.
-    """
+def class_rows(scores: Mapping[str, Any], class_names: Sequence[str], num_seen: int) -> list[dict]:
+    """Per matrix position: `name`, `index`, `split` (seen / unseen), `iou`, `accuracy` (NaN
+    where undefined); ValueError when names and scores differ in number or `num_seen` is off."""
     iou = list(scores["iou"])
     accuracy = list(scores["accuracy"])
     if len(class_names) != len(iou) or len(accuracy) != len(iou):
@@ -62,49 +35,27 @@ def class_rows(scores: Mapping[str, Any], class_names: Sequence[str],
                          f"{len(accuracy)} accuracies; they must match the confusion matrix")
     if not 0 <= num_seen <= len(iou):
         raise ValueError(f"num_seen {num_seen} is outside [0, {len(iou)}]")
-    return [
-        {
-            "name": str(name),
-            "index": index,
-            "split": "seen" if index < num_seen else "unseen",
-            "iou": float(iou[index]) if iou[index] is not None else math.nan,
-            "accuracy": float(accuracy[index]) if accuracy[index] is not None else math.nan,
-        }
-        for index, name in enumerate(class_names)
-    ]
+    return [{"name": str(name), "index": index, "split": "seen" if index < num_seen else "unseen",
+             "iou": float(iou[index]) if iou[index] is not None else math.nan,
+             "accuracy": float(accuracy[index]) if accuracy[index] is not None else math.nan}
+            for index, name in enumerate(class_names)]
 
 
 def markdown_report(scores: Mapping[str, Any], class_names: Sequence[str], num_seen: int,
                     protocol: Mapping[str, Any], title: str,
                     open_world: Mapping[str, Any] | None = None) -> str:
-    """A Markdown report: summary table (one row per protocol of `scores["protocols"]` when
-    present, the primary one marked), evaluation protocol, per-class table, and the
-    `open_world` scores of `--min-confidence` in a block of their own.
-
-    Args:
-        scores: Output of `zero_shot_scores`.
-        class_names: N names in model order (seen first, then unseen).
-        num_seen: S, the number of seen classes.
-        protocol: What produced the numbers (dataset, split, label resolution, checkpoint...),
-            written as a bullet list `key: value` in the given order.
-        title: The level-1 heading.
-
-    Returns:
-        The report text, ending with a newline.
-    """
-    rows = class_rows(scores, class_names, num_seen)
+    """The text of `report.md`: summary (one row per protocol, the primary marked), `protocol`
+    as a bullet list, per-class table, and the `--min-confidence` scores (`open_world`) apart."""
     primary = protocol.get("protocol", "") if protocol else ""
     named = {f"{name}{' (primary)' if name == primary else ''}": values
              for name, values in (scores.get("protocols") or {}).items()}
     lines = [f"# {title}", "", "## Summary", "", *_summary_table(named or {"": scores})]
     lines += ["", f"Pixels evaluated: {int(scores.get('num_pixels', 0))}", "", "## Protocol", ""]
-    if protocol:
-        lines += [f"- {key}: {value}" for key, value in protocol.items()]
-    else:
-        lines.append("- (not recorded)")
+    recorded = [f"- {key}: {value}" for key, value in (protocol or {}).items()]
+    lines += recorded or ["- (not recorded)"]
     lines += ["", "## Per class", "", "| index | class | split | IoU | accuracy |",
               "|---|---|---|---|---|"]
-    for row in rows:
+    for row in class_rows(scores, class_names, num_seen):
         name = row["name"].replace("|", "\\|")
         lines.append(f"| {row['index']} | {name} | {row['split']} | "
                      f"{_format_number(row['iou'])} | {_format_number(row['accuracy'])} |")
@@ -130,43 +81,23 @@ def _summary_table(rows: Mapping[str, Mapping[str, Any]]) -> list[str]:
 
 def metrics_document(scores: Mapping[str, Any], class_names: Sequence[str], num_seen: int,
                      protocol: Mapping[str, Any]) -> dict:
-    """The content of `metrics.json`: every score key, plus `classes` and `protocol`.
-
-    Args:
-        scores: Output of `zero_shot_scores`.
-        class_names: N names in model order (seen first, then unseen).
-        num_seen: S, the number of seen classes.
-        protocol: What produced the numbers.
-
-    Returns:
-        A JSON-ready dict (NaN values stay float NaN; `atomic_write_json` writes them as null).
-    """
-    document = dict(scores)
-    document["classes"] = class_rows(scores, class_names, num_seen)
-    document["protocol"] = dict(protocol)
-    return document
+    """The content of `metrics.json`: the scores plus `classes` and `protocol`."""
+    return {**scores, "classes": class_rows(scores, class_names, num_seen),
+            "protocol": dict(protocol)}
 
 
 def write_report(out_dir: str | os.PathLike, scores: Mapping[str, Any],
                  class_names: Sequence[str], num_seen: int, protocol: Mapping[str, Any],
                  title: str, open_world: Mapping[str, Any] | None = None) -> tuple[Path, Path]:
-    """Write `metrics.json` and `report.md` into `out_dir` (created if needed), atomically;
-    `open_world` only goes into the report (see `markdown_report`).
-
-    Returns:
-        `(metrics_path, report_path)`.
-    """
+    """Write `metrics.json` and `report.md` into `out_dir` atomically; returns both paths."""
     out_dir = Path(out_dir)
     document = metrics_document(scores, class_names, num_seen, protocol)
     report = markdown_report(scores, class_names, num_seen, protocol, title, open_world)
-    metrics_path = atomic_write_json(out_dir / "metrics.json", document)
-    report_path = atomic_write_text(out_dir / "report.md", report)
-    return metrics_path, report_path
+    return (atomic_write_json(out_dir / "metrics.json", document),
+            atomic_write_text(out_dir / "report.md", report))
 
 
 def format_scores_line(scores: Mapping[str, Any]) -> str:
-    """One line for logs and the CLI, e.g. `hIoU 0.4012 | mIoU 0.6545 | seen 0.7840 | unseen
-    0.2659` ("—" for NaN)."""
-    parts = (("hIoU", "hiou"), ("mIoU", "miou"), ("seen", "miou_seen"),
-             ("unseen", "miou_unseen"))
+    """One line for logs and the CLI: `hIoU 0.4012 | mIoU 0.6545 | seen 0.7840 | unseen 0.2659`."""
+    parts = (("hIoU", "hiou"), ("mIoU", "miou"), ("seen", "miou_seen"), ("unseen", "miou_unseen"))
     return " | ".join(f"{label} {_format_number(scores.get(key))}" for label, key in parts)

@@ -1,17 +1,7 @@
-"""`cagnet audit`: prove that no unseen-class label value reaches a training loss.
-
-The audit runs the real training pipeline (`datasets.build.build_dataset`: the layout's
-label reader, the protocol's lookup table, the random warp / scale / crop / flip) over the
-whole training list, each image once (draw = index), and counts the values of the final
-training targets. Every value must be a seen-class index 0..S-1 or the ignore label 255;
-anything else is a violation. The losses only ever see these targets, nearest-resized to the
-feature grids (nearest neighbour invents no value), so a clean audit covers every loss. It also
-checks the lookup table itself (every unseen and non-seen id -> 255) and counts the raw mask
-pixels per class, so the report shows how many unseen pixels were in the masks and that none
-survived. With `data.drop_images_with_unseen` no kept image may hold an unseen pixel at all.
-"""
-
-from __future__ import annotations
+"""`cagnet audit`: prove that no unseen-class label value reaches a training loss, by running
+the real training pipeline (label reader, lookup table, warp / scale / crop / flip) over the
+training list, each image once, and counting the values of the final targets (the losses see
+only these, nearest-resized: a clean audit covers every loss)."""
 
 from collections import Counter
 from dataclasses import dataclass, field
@@ -42,15 +32,13 @@ class AuditReport:
         return not self.violations
 
     def to_dict(self) -> dict:
-        names = self.split.class_names
+        names, targets = self.split.class_names, sorted(self.target_counts.items())
         return {
             "dataset": self.name, "images": self.images, "ok": self.ok,
             "num_seen": self.split.num_seen, "violations": self.violations,
-            "target_counts": {str(value): int(count)
-                              for value, count in sorted(self.target_counts.items())},
+            "target_counts": {str(value): int(count) for value, count in targets},
             "target_classes": {self.split.model_class_names[value]: int(count)
-                               for value, count in sorted(self.target_counts.items())
-                               if 0 <= value < self.split.num_seen},
+                               for value, count in targets if 0 <= value < self.split.num_seen},
             "raw_counts": {name: int(self.raw_counts[i]) for i, name in enumerate(names)}
                           | {"255": int(self.raw_counts[IGNORE_INDEX])},
             "unseen_raw_pixels": int(self.raw_counts[list(self.split.unseen_ids)].sum()),
@@ -58,22 +46,22 @@ class AuditReport:
 
 
 def lookup_violations(split: ClassSplit) -> list[str]:
-    """Problems of the training lookup table: it must send seen id k-th to k and every other
+    """Problems of the training lookup table: it must send the k-th seen id to k and every other
     value (unseen classes, background, void) to 255."""
-    lookup = split.train_lookup()
+    lookup, names = split.train_lookup(), split.class_names
     seen = dict(zip(split.seen_ids, range(split.num_seen)))
-    return [f"training lookup maps dataset id {value} ({_name(split, value)}) to "
+    return [f"training lookup maps dataset id {value} "
+            f"({names[value] if value < len(names) else 'not a class'}) to "
             f"{int(lookup[value])}, expected {seen.get(value, IGNORE_INDEX)}"
             for value in range(256) if int(lookup[value]) != seen.get(value, IGNORE_INDEX)]
 
 
-def _name(split: ClassSplit, value: int) -> str:
-    return split.class_names[value] if value < len(split.class_names) else "not a class"
-
-
 def audit_training_data(config: Config, max_images: int = 0, show_progress: bool = False
                         ) -> AuditReport:
-    """Run the training data pipeline over the training list and audit its targets."""
+    """Run the training data pipeline over the training list (draw = index) and audit its
+    targets: every value must be a seen index 0..S-1 or 255. Also checks the lookup table and
+    counts the raw mask pixels per class; with `data.drop_images_with_unseen` no kept image may
+    hold an unseen pixel at all."""
     from tqdm import tqdm
 
     data = config.data

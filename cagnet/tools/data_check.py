@@ -1,15 +1,7 @@
-"""`cagnet data check`: verify a dataset on disk before spending GPU hours on it.
-
-For the recipe's layout it checks the class list, the split, the label source (SBD folder,
-Pascal-Context label names), and for every listed id of the train and val lists that the image
-decodes and the mask reads, matches the image size and holds only class ids or 255. Every
-problem is collected (nothing stops at the first one). It also counts, per class name, the
-pixels and images of each split, and how many training pixels belong to unseen classes: those
-pixels are mapped to 255 and reach no loss (SPNet / CaGNet protocol); with
-`data.drop_images_with_unseen` their images are removed instead (ZS3Net).
-"""
-
-from __future__ import annotations
+"""`cagnet data check`: verify a dataset on disk before spending GPU hours on it: the class list,
+split and label source, and for every listed id that the image decodes and the mask reads, fits
+the image and holds only class ids or 255. Every problem is collected; it also counts pixels and
+images per class and split, and the training pixels of unseen classes (mapped to 255)."""
 
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -25,11 +17,8 @@ from cagnet.datasets.splits import IGNORE_INDEX, ClassSplit, read_class_names, r
 from cagnet.errors import CagnetError, DataError
 
 # Image counts of the official splits (benchmarks.md §1), compared when a whole split is read.
-EXPECTED_IMAGES = {
-    "voc12": {"train": 10582, "val": 1449},
-    "context": {"train": 4998, "val": 5105},
-    "cocostuff": {"train": 118287, "val": 5000},
-}
+EXPECTED_IMAGES = {"voc12": {"train": 10582, "val": 1449}, "context": {"train": 4998, "val": 5105},
+                   "cocostuff": {"train": 118287, "val": 5000}}
 
 
 @dataclass
@@ -62,8 +51,7 @@ class CheckReport:
         if train is None or self.split is None:
             return 0, 0, 0
         unseen = list(self.split.unseen_ids)
-        return (int(train.pixels[unseen].sum()), int(train.pixels.sum()),
-                int(train.unseen_images))
+        return int(train.pixels[unseen].sum()), int(train.pixels.sum()), int(train.unseen_images)
 
     def to_dict(self) -> dict:
         names = list(self.split.class_names) if self.split else []
@@ -109,17 +97,16 @@ def _check_split(report: CheckReport, key: str, list_value: str, config: Config,
                  source, max_images: int, workers: int) -> None:
     data = config.data
     list_path = resolve_path(list_value, root)
-    summary = SplitSummary(str(list_path))
-    report.splits[key] = summary
+    summary = report.splits[key] = SplitSummary(str(list_path))
     try:
         ids = benchmarks.read_image_ids(list_path, data, root)
     except DataError as error:
         report.problems.append(str(error))
         return
     summary.listed = len(ids)
-    chosen = ids[:max_images] if max_images else ids
     known = np.array(sorted(report.split.known_ids()))
     unseen = list(report.split.unseen_ids)
+    chosen = ids[:max_images] if max_images else ids
     paths = (root / data.image_dir, data.image_suffix)
     with ThreadPoolExecutor(max(1, workers)) as pool:
         for histogram, problems in pool.map(lambda i: _inspect(paths, i, source, known), chosen):
@@ -130,12 +117,12 @@ def _check_split(report: CheckReport, key: str, list_value: str, config: Config,
             summary.pixels += histogram
             summary.images += histogram > 0
             summary.unseen_images += int(histogram[unseen].sum() > 0)
-    if key != "train" and not max_images:  # an unseen class absent from the test images
-        for class_id in unseen:                # has no IoU, and U-mIoU changes meaning
-            if summary.checked and not summary.pixels[class_id]:
-                report.problems.append(
-                    f"{key} ({list_path}): unseen class {report.split.class_names[class_id]!r} "
-                    "has no pixel in these images: its IoU is undefined")
+    if key != "train" and not max_images and summary.checked:
+        # an unseen class absent from the test images has no IoU, and U-mIoU changes meaning
+        report.problems += [f"{key} ({list_path}): unseen class "
+                            f"{report.split.class_names[class_id]!r} has no pixel in these "
+                            "images: its IoU is undefined"
+                            for class_id in unseen if not summary.pixels[class_id]]
     expected = EXPECTED_IMAGES.get(report.name, {}).get(key)
     if expected and not max_images and summary.listed != expected:
         report.notes.append(f"{key}: {summary.listed} ids listed in {list_path}; the official "
@@ -143,7 +130,7 @@ def _check_split(report: CheckReport, key: str, list_value: str, config: Config,
 
 
 def check_dataset(config: Config, max_images: int = 0, workers: int = 4) -> CheckReport:
-    """Check the dataset of `config.data` (both id lists); see the module docstring."""
+    """Check the dataset of `config.data` (every id list it names); see the module docstring."""
     data = config.data
     root = Path(data.root)
     report = CheckReport(config.name, str(root), data.layout)
@@ -157,12 +144,10 @@ def check_dataset(config: Config, max_images: int = 0, workers: int = 4) -> Chec
     except CagnetError as error:
         report.problems.append(str(error))
         return report
-    for folder in (root / data.image_dir, root / data.label_dir):
-        if not folder.is_dir():
-            report.problems.append(f"folder not found: {folder}")
-    lists = (("train", data.train_list), ("val", data.val_list),
-             ("validation", data.validation_list))
-    for key, list_value in lists:
+    report.problems += [f"folder not found: {folder}" for folder in
+                        (root / data.image_dir, root / data.label_dir) if not folder.is_dir()]
+    for key, list_value in (("train", data.train_list), ("val", data.val_list),
+                            ("validation", data.validation_list)):
         if list_value:
             _check_split(report, key, list_value, config, root, source, max_images, workers)
     return report
@@ -171,9 +156,8 @@ def check_dataset(config: Config, max_images: int = 0, workers: int = 4) -> Chec
 def format_check_report(report: CheckReport) -> str:
     """A human-readable summary: image counts, the class histogram, unseen pixels, problems."""
     lines = [f"dataset {report.name} at {report.root} (layout {report.layout})"]
-    for key, summary in report.splits.items():
-        lines.append(f"  {key}: {summary.listed} ids listed ({summary.list_path}), "
-                     f"{summary.checked} read")
+    lines += [f"  {key}: {summary.listed} ids listed ({summary.list_path}), {summary.checked} read"
+              for key, summary in report.splits.items()]
     if report.split is not None and any(s.checked for s in report.splits.values()):
         lines += _histogram_lines(report)
     lines += [f"note: {note}" for note in report.notes]
@@ -194,11 +178,10 @@ def _histogram_lines(report: CheckReport) -> list[str]:
         f" {key + ' pixels':>16} {key + ' images':>13}" for key in keys)
     lines = ["class histogram (raw dataset ids):", header]
     for class_id, name in list(enumerate(split.class_names)) + [(IGNORE_INDEX, "void (255)")]:
-        row = f"  {class_id:>3}  {name[:20]:<20} {roles.get(class_id, 'ignored'):<8}"
-        for key in keys:
-            summary = report.splits[key]
-            row += f" {int(summary.pixels[class_id]):>16,} {int(summary.images[class_id]):>13,}"
-        lines.append(row)
+        lines.append(f"  {class_id:>3}  {name[:20]:<20} {roles.get(class_id, 'ignored'):<8}"
+                     + "".join(f" {int(report.splits[key].pixels[class_id]):>16,} "
+                               f"{int(report.splits[key].images[class_id]):>13,}"
+                               for key in keys))
     unseen, total, images = report.unseen_training_pixels()
     share = 100.0 * unseen / total if total else 0.0
     lines.append(f"training pixels of unseen classes: {unseen:,} of {total:,} ({share:.2f} %) "

@@ -1,26 +1,7 @@
-"""`cagnet import-checkpoint`: original CaGNet checkpoints and backbone init files -> cagnet.
-
-`import_checkpoint` maps every key of an original release checkpoint (method.md §6) onto the
-model built from a recipe and writes a normal cagnet checkpoint, which `cagnet eval` and
-`cagnet finetune --from` accept. It is strict: every original key must be consumed and every
-model key filled with the right shape, else one CheckpointError lists every unmatched,
-mis-shaped and missing key. The classifier rows are in the original's seen-then-unseen split
-order, which is the project's model order too; the original's extra (never trained) last row is
-kept when `model.extra_logit` is true and dropped otherwise. `Em_all` (and `Em_vis`, whose first
-S rows are the seen classes) are compared with the project's embedding file, row by row after
-L2 normalisation; a mismatch is a warning (the model uses the project's file).
-
-`import_backbone_init` turns a DeepLab-v2 init file (`deeplabv2_resnet101_init.pth`) or a
-torchvision ResNet state dict into a `{"backbone": ...}` init for `model.init`: every trunk key
-(stem, res2..res5) must be present; an ASPP whose width is the embedding dimension is kept (the
-original loads the whole init, e.g. COCO-Stuff's SPNet init with its trained 600-d ASPP), any
-other ASPP (DeepLab's class scores) and classifier heads (`fc*`) are ignored and listed. torchvision trunks expect RGB in [0, 1] normalised by their mean / std, the DeepLab
-pipeline feeds BGR 0..255 minus the Caffe mean; the first conv is converted for that (input
-channels reversed and divided by 255 * std; the two means differ by under one grey level, which
-is ignored).
-"""
-
-from __future__ import annotations
+"""`cagnet import-checkpoint`: original CaGNet checkpoints (method.md §6) -> cagnet checkpoints,
+and DeepLab-v2 init files or torchvision ResNets -> `{"backbone": ...}` files for `model.init`.
+Both are strict: every problem (unmatched, mis-shaped or missing key) is listed in one
+CheckpointError."""
 
 import logging
 from dataclasses import dataclass, field
@@ -31,6 +12,7 @@ import torch
 from cagnet.errors import CheckpointError
 from cagnet.tools.original_keys import (EMBEDDING_TABLES, aspp_key, original_key,
                                         to_original_key, torchvision_trunk_key, trunk_key)
+from cagnet.utils.io import load_torch_file
 
 LOGGER = logging.getLogger("cagnet")
 TORCHVISION_STD_RGB = (0.229, 0.224, 0.225)
@@ -50,19 +32,13 @@ class Conversion:
 
 
 def load_original(path: str | Path) -> tuple[dict[str, torch.Tensor], int]:
-    """Read a foreign weight file safely (weights_only): `{"state_dict": ..., "iteration"}`
-    or a flat dict of tensors (plus an optional `iteration`). A `module.` prefix on every key
-    (DataParallel) is removed. Returns the tensors and the iteration (0 when absent)."""
+    """Read a foreign weight file with weights_only: `{"state_dict": ..., "iteration"}` or a
+    flat dict of tensors (plus an optional `iteration`). Returns the tensors, without a `module.`
+    prefix shared by every key (DataParallel), and the iteration (0 when absent)."""
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"weight file not found: {path}")
-    try:
-        content = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises many types for corrupt or unsafe files
-        raise CheckpointError(f"{path} is corrupt, truncated or holds Python objects other "
-                              f"than tensors (loaded with weights_only=True): "
-                              f"{str(error).strip().splitlines()[0] if str(error) else error}"
-                              ) from None
+    content = load_torch_file(path, f"weight file not found: {path}", lambda error: (
+        f"{path} is corrupt, truncated or holds Python objects other than tensors (loaded with "
+        f"weights_only=True): {str(error).strip().splitlines()[0] if str(error) else error}"))
     if not isinstance(content, dict):
         raise CheckpointError(f"{path}: expected a dict of tensors, got {type(content).__name__}")
     iteration = content.get("iteration", 0)
@@ -79,26 +55,19 @@ def load_original(path: str | Path) -> tuple[dict[str, torch.Tensor], int]:
     return tensors, int(iteration) if isinstance(iteration, int) else 0
 
 
-def _fit_classifier(value: torch.Tensor, expected_rows: int, key: str,
-                    notes: list[str]) -> torch.Tensor:
-    """Keep or drop the original's extra last classifier row to match the model."""
-    if value.shape[0] == expected_rows + 1:
-        notes.append(f"{key}: dropped the original's extra logit row (model.extra_logit false)")
-        return value[:expected_rows]
-    return value
-
-
 def convert_original(original: dict[str, torch.Tensor], reference: dict[str, torch.Tensor],
                      num_generator_hidden: int) -> Conversion:
     """Map an original CaGNet state dict onto `reference` (the model's state dict: names and
-    shapes; meta tensors are fine). Raises CheckpointError listing every problem."""
+    shapes; meta tensors are fine). The classifier rows are in split order (seen, then unseen),
+    the model order too; the original's extra, never trained last row is dropped unless
+    `model.extra_logit` gives the model one. Raises CheckpointError listing every problem."""
     result, problems, attempted = Conversion({}), [], set()
     for key, value in original.items():
         if key in EMBEDDING_TABLES:
             result.tables[key] = value
             result.consumed.append(key)
             continue
-        # A BatchNorm's counter maps wherever its running mean does.
+        # A BatchNorm's counter maps wherever its running mean does (and is dropped).
         target = original_key(key.replace("num_batches_tracked", "running_mean"),
                               num_generator_hidden)
         if key.endswith("num_batches_tracked"):
@@ -116,16 +85,17 @@ def convert_original(original: dict[str, torch.Tensor], reference: dict[str, tor
             continue
         attempted.add(target)
         expected = tuple(reference[target].shape)
-        if target.startswith("discriminator.classifier."):
-            value = _fit_classifier(value, expected[0], key, result.notes)
+        if target.startswith("discriminator.classifier.") and value.shape[0] == expected[0] + 1:
+            result.notes.append(f"{key}: dropped the original's extra logit row "
+                                "(model.extra_logit false)")
+            value = value[:expected[0]]
         if tuple(value.shape) != expected:
             problems.append(f"{key}: shape {tuple(value.shape)}, but {target} has {expected}")
             continue
         result.state[target] = value
         result.consumed.append(key)
     for target in reference:
-        if target != "class_embeddings" and target not in result.state \
-                and target not in attempted:
+        if target != "class_embeddings" and target not in attempted:
             try:
                 source = to_original_key(target, num_generator_hidden)
             except KeyError:
@@ -140,8 +110,8 @@ def convert_original(original: dict[str, torch.Tensor], reference: dict[str, tor
 def check_embedding_tables(tables: dict[str, torch.Tensor], class_embeddings: torch.Tensor,
                            class_names: list[str], num_seen: int) -> list[str]:
     """Compare `Em_all` (K, E) and `Em_vis` (>= S, E) with the project's rows (model order).
-    Returns the mis-shaped tables (errors); logs a warning for rows that differ in direction
-    (cosine < 0.999), which means another embedding file or class order."""
+    Returns the mis-shaped tables (errors); rows that differ in direction (cosine < 0.999:
+    another embedding file or class order) only log a warning, the model uses the project's."""
     errors = []
     expected = {"Em_all.weight": class_embeddings, "Em_vis.weight": class_embeddings[:num_seen]}
     for name, rows in expected.items():
@@ -170,24 +140,25 @@ def check_embedding_tables(tables: dict[str, torch.Tensor], class_embeddings: to
 
 def convert_backbone_init(weights: dict[str, torch.Tensor],
                           reference: dict[str, torch.Tensor]) -> Conversion:
-    """DeepLab-v2 init or torchvision ResNet -> backbone trunk state dict (see the module
-    docstring). `reference` is the backbone's state dict. Raises CheckpointError listing every
-    unmatched, mis-shaped or missing trunk key."""
+    """DeepLab-v2 init or torchvision ResNet -> the backbone's state dict (`reference`): every
+    trunk key (stem, res2..res5) must be present; an ASPP of the model's shape is kept (the
+    original loads the whole init, e.g. COCO-Stuff's SPNet init with its trained 600-d ASPP),
+    other ASPPs (DeepLab's class scores) and heads (`fc*`) are ignored. torchvision's conv1
+    (RGB in [0, 1] over its std) is converted to BGR 0..255 minus the mean (channels reversed,
+    divided by 255 * std; the two means differ by under one grey level, which is ignored)."""
     torchvision = "conv1.weight" in weights and "bn1.running_mean" in weights
+    mapping = torchvision_trunk_key if torchvision else trunk_key
     result, problems = Conversion({}), []
     for key, value in weights.items():
         inner = key
         for prefix in INIT_PREFIXES:
-            inner = inner[len(prefix):] if inner.startswith(prefix) else inner
+            inner = inner.removeprefix(prefix)
         if inner.startswith(IGNORED_INIT_PREFIXES):
             result.ignored.append(key)
             continue
-        mapping = torchvision_trunk_key if torchvision else trunk_key
-        target = mapping(inner.replace("num_batches_tracked", "running_mean")) \
-            or aspp_key(inner)
+        target = mapping(inner.replace("num_batches_tracked", "running_mean")) or aspp_key(inner)
         if target is not None and target.startswith("aspp.") and (
                 target not in reference or value.shape != reference[target].shape):
-            # An ASPP of another width (DeepLab's class scores) is not the model's: left out.
             result.ignored.append(key)
             continue
         if target is None or target not in reference:
@@ -207,9 +178,8 @@ def convert_backbone_init(weights: dict[str, torch.Tensor],
             continue
         result.state[target] = value
         result.consumed.append(key)
-    trunk = [key for key in reference if not key.startswith("aspp.")]
-    problems += [f"{key}: missing from the init file" for key in trunk
-                 if key not in result.state]
+    problems += [f"{key}: missing from the init file" for key in reference
+                 if not key.startswith("aspp.") and key not in result.state]
     if problems:
         raise CheckpointError(f"{len(problems)} keys of the init file do not match the "
                               "configured backbone trunk:\n  " + "\n  ".join(problems))
@@ -219,10 +189,10 @@ def convert_backbone_init(weights: dict[str, torch.Tensor],
 def import_checkpoint(original_path: str | Path, out_path: str | Path, config) -> dict:
     """Convert an original CaGNet checkpoint for the model of `config` (a resolved Config) and
     write a cagnet checkpoint to `out_path`. Returns a summary (counts, notes)."""
-    from cagnet.datasets.build import build_benchmark
-    from cagnet.models.build import build_cagnet
     from cagnet.config import config_to_dict
+    from cagnet.datasets.build import build_benchmark
     from cagnet.engine.checkpoint import save_checkpoint
+    from cagnet.models.build import build_cagnet
 
     original, iteration = load_original(original_path)
     benchmark = build_benchmark(config)
@@ -248,17 +218,15 @@ def import_checkpoint(original_path: str | Path, out_path: str | Path, config) -
 def import_backbone_init(weights_path: str | Path, out_path: str | Path, config) -> dict:
     """Convert a DeepLab-v2 init file or a torchvision ResNet into `{"backbone": ...}` for
     `model.init` of `config`. Returns a summary (counts, ignored keys, notes)."""
-    from cagnet.models import DeepLabV2
-    from cagnet.utils.io import atomic_torch_save
-
     from cagnet.class_embeddings import load_class_embeddings
     from cagnet.datasets.build import resolve_path
     from cagnet.errors import CagnetError
+    from cagnet.models import DeepLabV2
+    from cagnet.utils.io import atomic_torch_save
 
     weights, _ = load_original(weights_path)
     model = config.model
-    try:  # the ASPP's width is the embedding dimension: a matching ASPP is kept, as in the
-        # original (it loads the whole init with strict=False: COCO-Stuff's SPNet init)
+    try:  # the ASPP's width is the embedding dimension: an ASPP of that width is kept
         embed_dim = load_class_embeddings(resolve_path(config.embeddings.path,
                                                        config.data.root))[0].shape[1]
     except CagnetError:

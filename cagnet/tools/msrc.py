@@ -1,26 +1,7 @@
-"""MSRC-v2 (MSRC-21), a small real-photo benchmark, converted to the project's VOC-like layout.
-
-Source: the 591 photos `Images/<id>.bmp` of the Microsoft Research Cambridge object-recognition
-database v2 and the cleaned-up masks `newsegmentations_mats/<id>_GT.mat` of Malisiewicz and
-Efros (BMVC 2007), as redistributed in the `MSRC_v2` folder of the GitHub repository
-TonyZZX/MultiGraph_MultiLabel_Learning (commit df10559f). Licence: non-commercial research use
-only. The data is never committed, never copied into the repository and never used by the tests
-(they build fake files of the same form).
-
-Each `.mat` holds `newseg` (H x W segment ids 1..K) and `newlabels` (class id 1..23 of segment
-i). When `newlabels` has K-1 entries the last segment is unlabelled and becomes void (255).
-Source ids: 1 building, 2 grass, 3 tree, 4 cow, 5 horse, 6 sheep, 7 sky, 8 mountain,
-9 aeroplane, 10 water, 11 face, 12 car, 13 bicycle, 14 flower, 15 sign, 16 bird, 17 book,
-18 chair, 19 road, 20 cat, 21 dog, 22 body, 23 boat. MSRC-21 drops horse and mountain (void) and
-numbers the other 21 classes 0..20 in this order (`CLASS_NAMES`).
-
-Output under `out`: `JPEGImages/<id>.png` (lossless RGB copy of the bmp, image suffix `.png`),
-`SegmentationClass/<id>.png` (palette PNG, pixel = class id, 255 = void),
-`ImageSets/Segmentation/{train,val,test}.txt` (Shotton et al.'s TextonBoost split, 276/59/256,
-from `data/msrc/`), `class_names.txt` and `split.yaml`.
-"""
-
-from __future__ import annotations
+"""MSRC-v2 (MSRC-21) in the project's VOC-like layout. Source: the 591 `Images/<id>.bmp` and
+Malisiewicz and Efros's cleaned masks `newsegmentations_mats/<id>_GT.mat` (BMVC 2007), from the
+`MSRC_v2` folder of TonyZZX/MultiGraph_MultiLabel_Learning (commit df10559f). Licence:
+non-commercial research only: the data is never committed, nor used by the tests (fake files)."""
 
 import io
 from pathlib import Path
@@ -34,6 +15,7 @@ from cagnet.datasets.splits import read_id_list
 from cagnet.errors import DataError
 from cagnet.utils.io import atomic_write_bytes, atomic_write_text
 
+# Source class ids 1..23 in order; MSRC-21 makes horse and mountain void and numbers the rest 0..20.
 SOURCE_CLASS_NAMES = ("building", "grass", "tree", "cow", "horse", "sheep", "sky", "mountain",
                       "aeroplane", "water", "face", "car", "bicycle", "flower", "sign", "bird",
                       "book", "chair", "road", "cat", "dog", "body", "boat")
@@ -51,12 +33,9 @@ SOURCE_TO_CLASS = np.array([VOID] + [CLASS_NAMES.index(name) if name in CLASS_NA
 
 
 def read_mask(mat_path: Path) -> tuple[np.ndarray, bool]:
-    """MSRC-21 class mask of one `_GT.mat` and whether its last segment was unlabelled.
-
-    Raises:
-        DataError: the file is unreadable, lacks `newseg`/`newlabels`, or its segment ids and
-            labels do not match (ids must be 1..K, labels K or K-1 values in 1..23).
-    """
+    """MSRC-21 class mask (H, W) uint8 of one `_GT.mat` (`newseg`: segment ids 1..K,
+    `newlabels`: source class of each segment) and whether its last segment was unlabelled
+    (K-1 labels: it becomes void). DataError when unreadable or inconsistent."""
     try:
         content = scipy.io.loadmat(str(mat_path))
     except (OSError, ValueError, TypeError) as error:
@@ -86,21 +65,13 @@ def read_mask(mat_path: Path) -> tuple[np.ndarray, bool]:
 
 
 def prepare_msrc(source: Path, out: Path, lists: Path = DEFAULT_LISTS) -> dict:
-    """Write MSRC-21 under `out` in the VOC-like layout described in the module docstring.
-
-    Args:
-        source: the `MSRC_v2` folder (holding `Images/` and `newsegmentations_mats/`) or its parent.
-        out: the output root; existing files are replaced atomically.
-        lists: folder with `train.txt`, `val.txt`, `test.txt` (ids without suffix).
-
-    Returns:
-        A summary: image counts per split, image sizes, per-class and void pixel counts, and how
-        many masks had an unlabelled last segment.
-
-    Raises:
-        DataError: a missing folder, image, list or `.mat`, a malformed `.mat`, an image whose
-            size differs from its mask, or an id in more than one split list.
-    """
+    """Write MSRC-21 under `out`: `JPEGImages/<id>.png` (lossless copies), `SegmentationClass/
+    <id>.png` (palette PNGs, 255 = void), `ImageSets/Segmentation/{train,val,test}.txt` (copied
+    from `lists`: Shotton et al.'s split, see data/msrc/README.md), `class_names.txt` and
+    `split.yaml`. `source` is the `MSRC_v2` folder or its parent. Returns image counts per split,
+    image sizes, per-class and void pixels and the count of masks with an unlabelled last
+    segment. DataError for a missing or malformed file, an image and mask of different sizes,
+    or an id in two split lists."""
     source, out = Path(source), Path(out)
     root = source if (source / "Images").is_dir() else source / "MSRC_v2"
     for folder in (root / "Images", root / "newsegmentations_mats"):

@@ -1,15 +1,5 @@
-"""One-off preparation of the official archives: VOC 2012 + SBD train_aug, COCO-Stuff lists.
-
-`prepare_voc` derives the 10,582-image `train_aug` list from the data on disk,
-`(SBD train ∪ SBD val ∪ VOC train) − VOC val` (8,498 + 2,857 + 1,464 ids, minus the 1,449
-validation ids), writes it to `ImageSets/Segmentation/train_aug.txt`, and fills
-`SegmentationClassAug/` with one index PNG per train_aug and val id: VOC's own PNG (copied byte
-for byte, with its 255 boundaries) where it exists, otherwise SBD's `cls/<id>.mat` converted to a
-palette PNG (SBD has no boundary label). `prepare_cocostuff` writes `train2017.txt` /
-`val2017.txt` id lists (`train2017/<id>`) from the folder contents.
-"""
-
-from __future__ import annotations
+"""One-off preparation of the official archives: VOC 2012 + SBD `train_aug` and
+`SegmentationClassAug/`, COCO-Stuff id lists, and the original release's `.npy` split lists."""
 
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -36,13 +26,7 @@ class VocPreparation:
     list_path: Path = field(default_factory=Path)
 
 
-def derive_train_aug(voc_train: list[str], voc_val: list[str], sbd_train: list[str],
-                     sbd_val: list[str]) -> list[str]:
-    """The train_aug ids: (SBD train ∪ SBD val ∪ VOC train) − VOC val, sorted."""
-    return sorted((set(sbd_train) | set(sbd_val) | set(voc_train)) - set(voc_val))
-
-
-def _convert_one(image_id: str, voc_png: Path, sbd_mat: Path, target: Path) -> str:
+def _convert_one(voc_png: Path, sbd_mat: Path, target: Path) -> str:
     if voc_png.is_file():
         atomic_write_bytes(target, voc_png.read_bytes())
         return "voc"
@@ -53,10 +37,11 @@ def _convert_one(image_id: str, voc_png: Path, sbd_mat: Path, target: Path) -> s
 def prepare_voc(voc_root: str | Path, sbd_root: str | Path, label_dir: str = "SegmentationClass",
                 out_label_dir: str = "SegmentationClassAug", list_name: str = "train_aug.txt",
                 workers: int = 4) -> VocPreparation:
-    """Derive train_aug and build `SegmentationClassAug/` (see the module docstring).
-
-    Every id is checked before anything is written: ids with neither a VOC PNG nor an SBD
-    `.mat` are all reported in one DataError."""
+    """Write the 10,582 train_aug ids, (SBD train ∪ SBD val ∪ VOC train) − VOC val (8,498 +
+    2,857 + 1,464 ids minus the 1,449 validation ids), to `ImageSets/Segmentation/train_aug.txt`
+    and one index PNG per train_aug and val id to `SegmentationClassAug/`: VOC's own PNG (copied
+    byte for byte, with its 255 boundaries) where it exists, else SBD's `cls/<id>.mat` (no
+    boundary label). Ids with no label are all reported in one DataError before any write."""
     voc_root, sbd = Path(voc_root), find_sbd_dataset(sbd_root)
     lists = {"voc_train": voc_root / VOC_LISTS / "train.txt",
              "voc_val": voc_root / VOC_LISTS / "val.txt",
@@ -65,8 +50,8 @@ def prepare_voc(voc_root: str | Path, sbd_root: str | Path, label_dir: str = "Se
     if missing_lists:
         raise DataError("prepare-voc: id lists not found: " + ", ".join(missing_lists))
     ids = {name: read_id_list(path) for name, path in lists.items()}
-    train_aug = derive_train_aug(ids["voc_train"], ids["voc_val"], ids["sbd_train"],
-                                 ids["sbd_val"])
+    train_aug = sorted((set(ids["sbd_train"]) | set(ids["sbd_val"]) | set(ids["voc_train"]))
+                       - set(ids["voc_val"]))
     wanted = train_aug + sorted(set(ids["voc_val"]) - set(train_aug))
     voc_labels, sbd_labels = voc_root / label_dir, sbd / "cls"
     problems = [f"{image_id}: neither {voc_labels / (image_id + '.png')} nor "
@@ -81,9 +66,9 @@ def prepare_voc(voc_root: str | Path, sbd_root: str | Path, label_dir: str = "Se
                         + "\n  ".join(problems))
     out = voc_root / out_label_dir
     with ThreadPoolExecutor(max(1, workers)) as pool:
-        kinds = list(pool.map(lambda i: _convert_one(i, voc_labels / f"{i}.png",
-                                                     sbd_labels / f"{i}.mat",
-                                                     out / f"{i}.png"), wanted))
+        kinds = list(pool.map(lambda i: _convert_one(voc_labels / f"{i}.png",
+                                                     sbd_labels / f"{i}.mat", out / f"{i}.png"),
+                              wanted))
     list_path = atomic_write_text(voc_root / VOC_LISTS / list_name, "\n".join(train_aug) + "\n")
     return VocPreparation(train_aug, list(ids["voc_val"]),
                           {name: len(values) for name, values in ids.items()},
@@ -96,11 +81,10 @@ def prepare_cocostuff(root: str | Path, out_dir: str | Path | None = None,
                       ) -> dict[str, int]:
     """Write `<out_dir>/<split>.txt` (ids `<split>/<12-digit id>`) for every split from the
     COCO-Stuff 164k folders; returns the id count per split."""
-    root = Path(root)
-    out = Path(out_dir) if out_dir else root
+    out = Path(out_dir) if out_dir else Path(root)
     counts = {}
     for split in splits:
-        ids = derive_split_ids(root, image_dir, label_dir, split)
+        ids = derive_split_ids(Path(root), image_dir, label_dir, split)
         atomic_write_text(out / f"{split}.txt", "\n".join(ids) + "\n")
         counts[split] = len(ids)
     return counts

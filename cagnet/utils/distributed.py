@@ -1,35 +1,10 @@
-"""Multi-process training with torchrun: process group, rank-0 gating and the collectives of
-one training step.
+"""Multi-process training with torchrun (`RANK`, `LOCAL_RANK`, `WORLD_SIZE`; a no-op without).
 
-`torchrun --nproc_per_node=N -m cagnet train ...` sets `RANK`, `LOCAL_RANK` and `WORLD_SIZE`;
-`initialize` reads them, joins the process group (NCCL on CUDA, gloo on the CPU) and gives every
-process the device of its local rank. Without those variables everything here is a no-op and
-the single-process path runs unchanged.
-
-Why no `DistributedDataParallel`: a CaGNet step backs three totals into three disjoint parameter
-sets with `backward(inputs=...)` and steps three optimisers (plus step-2 iterations that touch
-only the classifier). DDP's reducer fires on every backward of the wrapped module and expects
-each parameter to receive exactly one gradient per forward, so it would need
-`find_unused_parameters` and would still all-reduce a partially filled bucket after the first of
-the three backward calls. Instead `BatchSync.reduce_gradients` all-reduces each optimiser's
-gradients in one flattened call right before that optimiser steps: the alternating G / D /
-backbone logic stays exactly the single-process logic.
-
-How the multi-process step equals the single-process step with the same global batch:
-`train.batch_size` is the global batch; rank r loads samples r*B/N .. (r+1)*B/N - 1 of it
-(`IterationBatchSampler(rank, world_size)` plays the role of torch's DistributedSampler for this
-iteration-based loop). Every loss term is a mean over the valid pixels of the whole batch (and
-the MMD pairs up pixels of different images), so a mean of per-rank means would be biased
-whenever ranks hold different numbers of valid pixels, and the MMD could not be split at all.
-`BatchSync.gather` therefore concatenates the tensors the losses read (logits, features,
-labels) from every rank in rank order, differentiably, so each rank computes exactly the global
-loss of the single-process run. Its backward returns the gradient of that loss with respect to
-the rank's own slice, so each rank's parameter gradients are its samples' share of the global
-gradient and the shares are SUMMED across ranks (not averaged). What still differs from one
-process: the per-sample random draws (latent noise, dropout masks) come from per-rank seeds.
-"""
-
-from __future__ import annotations
+No DDP: a CaGNet step backs three totals into disjoint parameter sets, so each optimiser's
+gradients are all-reduced right before it steps. `train.batch_size` is global and every loss a
+mean over its valid pixels, so `BatchSync.gather` concatenates what the losses read from every
+rank, differentiably: each rank computes the global loss and gradient shares are SUMMED. Only
+per-sample random draws (latent noise, dropout) differ from one process (per-rank seeds)."""
 
 import atexit
 import logging
@@ -78,24 +53,17 @@ def environment_ranks(environment: Mapping[str, str] | None = None) -> tuple[int
 
 
 def initialize(device: torch.device) -> DistributedContext:
-    """Join the process group when launched by torchrun (world size > 1).
-
-    Args:
-        device: the configured device (`resolve_device(train.device)`); under torchrun a CUDA
-            device becomes `cuda:LOCAL_RANK`.
-    """
+    """Join torchrun's process group (world size > 1); CUDA becomes `cuda:LOCAL_RANK`."""
     rank, local_rank, world_size = environment_ranks()
     if world_size == 1:
         return DistributedContext(0, 0, 1, device)
+    if device.type not in ("cuda", "cpu"):
+        raise ConfigError(f"train.device: multi-process training runs on cuda or cpu, got "
+                          f"{device.type!r}")
+    backend = "nccl" if device.type == "cuda" else "gloo"
     if device.type == "cuda":
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
-        backend = "nccl"
-    elif device.type == "cpu":
-        backend = "gloo"
-    else:
-        raise ConfigError(f"train.device: multi-process training runs on cuda or cpu, got "
-                          f"{device.type!r}")
     if not dist.is_initialized():
         dist.init_process_group(backend, rank=rank, world_size=world_size)
         atexit.register(cleanup)  # also on error paths; leaving the group is not collective
@@ -120,8 +88,7 @@ def barrier() -> None:
 
 
 def sum_across_processes(tensor: torch.Tensor) -> torch.Tensor:
-    """All-reduce (sum) `tensor` in place and return it; a no-op in a single process. Exact for
-    integer tensors such as a confusion matrix."""
+    """All-reduce (sum) `tensor` in place (exact for integer counts) and return it."""
     if is_active():
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
     return tensor
@@ -129,9 +96,7 @@ def sum_across_processes(tensor: torch.Tensor) -> torch.Tensor:
 
 def broadcast_module(module: torch.nn.Module) -> None:
     """Copy rank 0's parameters and buffers to every rank (the start must be identical)."""
-    if not is_active():
-        return
-    with torch.no_grad():
+    if is_active():  # through `.data`: no autograd involved
         for tensor in list(module.parameters()) + list(module.buffers()):
             dist.broadcast(tensor.data, src=0)
 
@@ -140,49 +105,40 @@ def local_batch_size(global_batch: int, world_size: int, key: str = "train.batch
     """The per-process share of a global batch; it must divide evenly."""
     if global_batch % world_size:
         raise ConfigError(f"{key}: {global_batch} is the global batch and must be divisible by "
-                          f"the number of processes ({world_size}); use a multiple of "
-                          f"{world_size}")
+                          f"the number of processes ({world_size}); use a multiple of {world_size}")
     return global_batch // world_size
 
 
 def rank_seed(seed: int, rank: int) -> int:
-    """The seed of rank `rank`'s per-sample draws (latent noise, dropout) from an iteration's
-    seed: rank 0 keeps `seed` (a single process is unchanged), other ranks get distinct streams.
-    Iteration seeds are multiples of the prime 7919 apart (`iteration_seed`) and 104729 is
-    prime, so no two (iteration, rank) pairs share a seed for fewer than 7919 ranks."""
+    """Rank `rank`'s seed for per-sample draws (rank 0 keeps `seed`): iteration seeds are 7919
+    (prime) apart and 104729 is prime, so seeds stay distinct below 7919 ranks."""
     return (seed + 104_729 * rank) % (2 ** 63 - 1)
 
 
-def shard_loader(loader: DataLoader, rank: int, world_size: int,
-                 max_items: int = 0) -> DataLoader:
+def shard_loader(loader: DataLoader, rank: int, world_size: int, max_items: int = 0) -> DataLoader:
     """The strided subset (items rank, rank + N, ...) of an evaluation loader's dataset, within
     its first `max_items` items when set; the confusion matrices then sum to the full one."""
     if world_size == 1:
         return loader
-    count = len(loader.dataset)
-    if max_items:
-        count = min(count, max_items)
+    count = min(len(loader.dataset), max_items) if max_items else len(loader.dataset)
     return DataLoader(loader.dataset, batch_size=loader.batch_size,
                       sampler=list(range(rank, count, world_size)),
                       num_workers=loader.num_workers, collate_fn=loader.collate_fn)
 
 
 class _GatherAlongBatch(torch.autograd.Function):
-    """All-gather along dim 0 in rank order. Every rank computes the same loss from the
-    gathered tensor, so the gradient with respect to this rank's input is exactly its slice of
-    the incoming gradient (no communication in the backward pass)."""
+    """All-gather along dim 0 in rank order. Every rank computes the same loss from it, so the
+    backward is this rank's slice of the incoming gradient (no communication)."""
 
     @staticmethod
     def forward(ctx, tensor: torch.Tensor, rank: int, world_size: int) -> torch.Tensor:
         ctx.rank, ctx.length = rank, tensor.shape[0]
         send = tensor.contiguous()
-        wire_dtype = send.dtype
         if dist.get_backend() == "gloo" and send.dtype in (torch.bfloat16, torch.float16):
-            wire_dtype = torch.float32  # gloo has no half-precision reductions on every build
-        parts = [torch.empty(send.shape, dtype=wire_dtype, device=send.device)
-                 for _ in range(world_size)]
-        dist.all_gather(parts, send.to(wire_dtype))
-        return torch.cat(parts).to(send.dtype)
+            send = send.float()  # gloo has no half-precision reductions on every build
+        parts = [torch.empty_like(send) for _ in range(world_size)]
+        dist.all_gather(parts, send)
+        return torch.cat(parts).to(tensor.dtype)
 
     @staticmethod
     def backward(ctx, gradient: torch.Tensor):
@@ -190,12 +146,10 @@ class _GatherAlongBatch(torch.autograd.Function):
 
 
 class BatchSync:
-    """The collectives of one training step, for `rank` of `world_size` processes. With
-    `world_size == 1` (`LOCAL`) every method is the identity and costs nothing."""
+    """The collectives of one training step; the identity in one process (`LOCAL`)."""
 
     def __init__(self, rank: int = 0, world_size: int = 1) -> None:
-        self.rank = rank
-        self.world_size = world_size
+        self.rank, self.world_size = rank, world_size
 
     @property
     def active(self) -> bool:
@@ -208,8 +162,7 @@ class BatchSync:
         return _GatherAlongBatch.apply(tensor, self.rank, self.world_size)
 
     def local_part(self, tensor: torch.Tensor) -> torch.Tensor:
-        """This rank's slice along dim 0 of a global-batch tensor drawn identically on all
-        ranks (the inverse of `gather`)."""
+        """This rank's dim-0 slice of a tensor drawn alike on all ranks (inverse of `gather`)."""
         if not self.active:
             return tensor
         return tensor.chunk(self.world_size)[self.rank]
@@ -224,14 +177,11 @@ class BatchSync:
         return int(failures.item()) == 0
 
     def mean_share(self, local_mean: torch.Tensor, count: int) -> torch.Tensor:
-        """A term computed on this rank's `count` items only (a local mean), turned into this
-        rank's share of the global mean: its gradient is the share's, its value the global
-        mean (identical on every rank). Used for the gradient penalty, whose critic runs on
-        parameters directly and so cannot go through `gather`."""
+        """This rank's local mean over `count` items as its share of the global mean: gradient
+        of the share, value of the global mean (the gradient penalty cannot go through `gather`)."""
         if not self.active:
             return local_mean
-        device = local_mean.device
-        counts = torch.tensor([float(count)], dtype=torch.float64, device=device)
+        counts = torch.tensor([float(count)], dtype=torch.float64, device=local_mean.device)
         dist.all_reduce(counts, op=dist.ReduceOp.SUM)
         total = float(counts.item())
         share = local_mean * (count / total) if total > 0 else local_mean * 0
@@ -240,38 +190,30 @@ class BatchSync:
         return share + (value - share.detach())
 
     def reduce_gradients(self, parameters: Iterable[torch.nn.Parameter]) -> None:
-        """Sum each parameter's gradient across ranks: one flattened all-reduce per dtype.
-
-        A parameter whose gradient is None on every rank stays None (so optimisers skip it as
-        they would in one process); if some rank has one, the others contribute zeros.
-        """
+        """Sum gradients across ranks, one flattened all-reduce per dtype; a gradient None on
+        every rank stays None (as in one process), else missing ones count as zeros."""
         if not self.active:
             return
-        parameters = [parameter for parameter in parameters if parameter.requires_grad]
         by_dtype: dict[torch.dtype, list[torch.nn.Parameter]] = {}
         for parameter in parameters:
-            by_dtype.setdefault(parameter.dtype, []).append(parameter)
+            if parameter.requires_grad:
+                by_dtype.setdefault(parameter.dtype, []).append(parameter)
         for dtype, group in by_dtype.items():
-            _reduce_group(group, dtype)
-
-
-def _reduce_group(group: list[torch.nn.Parameter], dtype: torch.dtype) -> None:
-    device = group[0].device
-    present = torch.tensor([parameter.grad is not None for parameter in group], dtype=dtype,
-                           device=device)
-    pieces = [present] + [(parameter.grad if parameter.grad is not None
-                           else torch.zeros_like(parameter)).reshape(-1) for parameter in group]
-    flat = torch.cat(pieces)
-    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
-    offset = len(group)
-    for index, parameter in enumerate(group):
-        size = parameter.numel()
-        summed = flat[offset:offset + size].view(parameter.shape)
-        offset += size
-        if parameter.grad is not None:
-            parameter.grad.copy_(summed)
-        elif flat[index] > 0:
-            parameter.grad = summed.clone()
+            # Leading flags: which parameters have a gradient on any rank.
+            present = torch.tensor([parameter.grad is not None for parameter in group],
+                                   dtype=dtype, device=group[0].device)
+            flat = torch.cat([present] + [(parameter.grad if parameter.grad is not None
+                                           else torch.zeros_like(parameter)).reshape(-1)
+                                          for parameter in group])
+            dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+            offset = len(group)
+            for index, parameter in enumerate(group):
+                summed = flat[offset:offset + parameter.numel()].view(parameter.shape)
+                offset += parameter.numel()
+                if parameter.grad is not None:
+                    parameter.grad.copy_(summed)
+                elif flat[index] > 0:
+                    parameter.grad = summed.clone()
 
 
 LOCAL = BatchSync()

@@ -1,16 +1,14 @@
-"""Atomic file writes: a crash or a full disk never leaves a half-written output behind.
+"""Atomic file writes (temporary file in the same folder, fsync, `os.replace`): a crash or a
+full disk never leaves a half-written output behind."""
 
-Every file is written to a temporary file in the destination folder, flushed to disk, and then
-moved into place with `os.replace`, which is atomic on POSIX and Windows.
-"""
-
-from __future__ import annotations
-
+import contextlib
 import json
 import os
 import tempfile
 from pathlib import Path
 from typing import Any, Callable, BinaryIO
+
+from cagnet.errors import CheckpointError
 
 
 def _atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> Path:
@@ -25,10 +23,8 @@ def _atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) ->
             os.fsync(stream.fileno())
         os.replace(temporary, destination)
     except BaseException:
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(temporary)
-        except FileNotFoundError:
-            pass
         raise
     return destination
 
@@ -51,8 +47,18 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
 def atomic_torch_save(path: str | os.PathLike, obj: Any) -> Path:
     """`torch.save(obj)` to `path` atomically and return the path."""
     import torch
-
     return _atomic_write(path, lambda stream: torch.save(obj, stream))
+
+
+def load_torch_file(path: Path, missing: str, describe: Callable[[Exception], str]) -> Any:
+    """`torch.load` onto the CPU, weights only; CheckpointError(`missing` / `describe(error)`)."""
+    import torch
+    if not path.is_file():
+        raise CheckpointError(missing)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises many types for corrupt, truncated or unsafe files
+        raise CheckpointError(describe(error)) from None
 
 
 def _nan_to_none(obj: Any) -> Any:

@@ -1,7 +1,4 @@
-"""Runtime helpers: the device, seeding, autocast and the GradScaler, memory format and compilation, logging,
-and the per-run log writer."""
-
-from __future__ import annotations
+"""Runtime: device, seeds, autocast and GradScaler, memory format, compile, logging, `RunLog`."""
 
 import contextlib
 import json
@@ -44,17 +41,14 @@ def seed_everything(seed: int, rank: int = 0) -> None:
 
 
 def set_deterministic(enabled: bool) -> None:
-    """Opt-in deterministic kernels (bit-exact resume on the CPU needs them on some ops).
-    Otherwise cuDNN may autotune its convolution algorithms: every input shape of a run is
-    fixed (three crop scales, one evaluation warp), so the search runs once per shape."""
+    """Opt-in deterministic kernels (bit-exact resume needs them); else cuDNN autotunes convs."""
     if enabled:
         torch.use_deterministic_algorithms(True, warn_only=True)
     torch.backends.cudnn.benchmark = not enabled
 
 
 def apply_run_settings(threads: int, seed: int, deterministic: bool) -> None:
-    """What every training run sets first: the CPU thread count (0 keeps torch's default), the
-    seeds, and kernel determinism."""
+    """What every training run sets first: CPU threads (0: torch's default), seeds, determinism."""
     if threads:
         torch.set_num_threads(threads)
     seed_everything(seed)
@@ -70,8 +64,7 @@ def autocast_factory(device: torch.device, amp: str) -> Callable[[], ContextMana
 
 
 def build_grad_scaler(device: torch.device, amp: str) -> torch.amp.GradScaler:
-    """The run's one GradScaler: active for fp16 only (bf16 has fp32's exponent range and
-    needs no loss scaling); disabled, it passes every call straight through."""
+    """The run's GradScaler: enabled for fp16 only (bf16 needs no loss scaling)."""
     return torch.amp.GradScaler(device.type, enabled=amp == "fp16")
 
 
@@ -82,9 +75,7 @@ def memory_format(channels_last: bool) -> torch.memory_format:
 
 def prepare_model(model: torch.nn.Module, channels_last: bool = False,
                   compile_backbone: bool = False) -> torch.nn.Module:
-    """Apply `train.channels_last` (4-D weights in NHWC order, which cuDNN / oneDNN prefer) and
-    `train.compile` (`torch.compile` of the backbone's forward, in place, so the state-dict
-    keys and checkpoints do not change). Returns `model` (modified in place)."""
+    """`model` in place: NHWC weights, compiled backbone (state-dict keys unchanged)."""
     if channels_last:
         model.to(memory_format=torch.channels_last)
     if compile_backbone:
@@ -106,13 +97,10 @@ class RunLog:
     (`train/loss_kl`, `val/hiou`, ...). Only the main process writes."""
 
     def __init__(self, run_dir: Path, enabled: bool = True, tensorboard: bool = True) -> None:
-        self.enabled = enabled
-        self.path = run_dir / "log.jsonl"
-        self.writer = None
+        self.enabled, self.path, self.writer = enabled, run_dir / "log.jsonl", None
         if enabled and tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
-
                 self.writer = SummaryWriter(str(run_dir / "tensorboard"))
             except ImportError:  # tensorboard is a declared dependency; degrade gracefully
                 LOGGER.warning("tensorboard is not installed: scalars go to log.jsonl only")
@@ -120,9 +108,8 @@ class RunLog:
     def write(self, kind: str, iteration: int, values: dict[str, float]) -> None:
         if not self.enabled:
             return
-        record = {"kind": kind, "iteration": iteration, **values}
         with open(self.path, "a", encoding="utf-8") as stream:
-            stream.write(json.dumps(record) + "\n")
+            stream.write(json.dumps({"kind": kind, "iteration": iteration, **values}) + "\n")
         if self.writer is not None:
             for name, value in values.items():
                 if isinstance(value, (int, float)):

@@ -1,22 +1,6 @@
-"""Load a pickled numpy array without running arbitrary code.
-
-The original SPNet/CaGNet/ZS3Net releases ship their class word vectors as pickled ndarrays.
-`pickle.load` would call any function the file names, so these files are read with an
-`Unpickler` whose `find_class` only hands out the few numpy globals an ndarray pickle refers to
-(checked on the released files and on files pickled by numpy 1.x/2.x with protocols 0-5):
-
-- `numpy.core.multiarray._reconstruct` / `numpy._core.multiarray._reconstruct`,
-  `numpy.ndarray`, `numpy.dtype`: protocols 0-4 (numpy 1.x spells the module `numpy.core`,
-  numpy 2.x `numpy._core`; the released files use the former);
-- `numpy.core.numeric._frombuffer` / `numpy._core.numeric._frombuffer`: protocol 5;
-- `_codecs.encode`: protocols 0-2 written by Python 3 store the array bytes as
-  `_codecs.encode(text, "latin1")` (a pure function without side effects).
-
-Any other global is refused with an `EmbeddingError` naming the file and the global, before it
-is imported, so nothing in the file is executed. The result must be a non-object ndarray.
-"""
-
-from __future__ import annotations
+"""Load a pickled numpy array (the original releases' word vectors) without running arbitrary
+code: only the numpy globals of `_ALLOWED_GLOBALS` are handed out (checked on the released files
+and numpy 1.x / 2.x pickles, protocols 0-5); any other is refused before it is imported."""
 
 import codecs
 import importlib
@@ -52,7 +36,9 @@ def _numpy_core_attribute(submodule: str, name: str) -> Callable[[], Any]:
 _RECONSTRUCT = _numpy_core_attribute("multiarray", "_reconstruct")
 _FROMBUFFER = _numpy_core_attribute("numeric", "_frombuffer")
 
-# (module, name) as written in the pickle -> how to obtain the object.
+# (module, name) as written in the pickle -> how to obtain the object. numpy 1.x spells the module
+# `numpy.core`, 2.x `numpy._core`; `_frombuffer` is protocol 5; protocols 0-2 written by Python 3
+# store the array bytes as `_codecs.encode(text, "latin1")` (a pure function).
 _ALLOWED_GLOBALS: dict[tuple[str, str], Callable[[], Any]] = {
     ("numpy.core.multiarray", "_reconstruct"): _RECONSTRUCT,
     ("numpy._core.multiarray", "_reconstruct"): _RECONSTRUCT,
@@ -83,19 +69,9 @@ class _NumpyArrayUnpickler(pickle.Unpickler):
 
 
 def load_numpy_pickle(path: str | os.PathLike) -> np.ndarray:
-    """Read one pickled numpy array, refusing any pickle that names another global.
-
-    Args:
-        path: A `.pkl` file holding exactly one pickled ndarray (any protocol).
-
-    Returns:
-        The array, e.g. `(num_ids, 300)` float64 for the released word-vector files.
-
-    Raises:
-        EmbeddingError: the file is missing or unreadable, is not a valid pickle, names a
-            global other than the numpy ones listed in the module docstring, or does not hold
-            a numeric ndarray. The message names the file.
-    """
+    """The numeric ndarray pickled in `path` (any protocol), e.g. `(num_ids, 300)` float64 for
+    the released word-vector files. EmbeddingError (naming the file) when the file is missing,
+    unreadable, not a pickle, names another global or holds anything else."""
     source = Path(path)
     if not source.is_file():
         raise EmbeddingError(f"{source}: pickle file not found")

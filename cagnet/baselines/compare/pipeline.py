@@ -1,46 +1,50 @@
-"""`cagnet compare`: every method on one benchmark, same backbone, data and evaluator.
+"""`cagnet compare`: `ComparePipeline` holds the recipe, the stage configs and the stages, each
+cached in its run folder by `stage.json` (signature: the resolved config and path, size and
+mtime of every input file; an unchanged signature whose checkpoint exists is reused; code
+changes are not seen: use `--fresh`). `methods.py` runs each method's stages, `run.py` orders
+them and writes the table."""
 
-`ComparePipeline` holds the recipe, the stage configs and the cached stages; `methods.py` runs
-each method's stages through it, `run.py` puts them in order and writes the table.
-
-Stages (each cached, `stages.py`; folders under `<output-dir>/compare/`):
-
-1. `cagnet/step1`: CaGNet step 1. Its checkpoint is THE step-1 network of the comparison:
-   CaGNet's finetune, ZS3Net and both self-training variants start from it.
-2. `cagnet/finetune`: the mixed schedule -> **cagnet**.
-3. `spnet`: SPNet, its own backbone from the same init -> **spnet**.
-4. `spnet_validation` + `spnet_c`: SPNet trained without the split's validation classes picks T
-   on them; T is applied to `spnet` -> **spnet_c** (never chosen on test unseen classes).
-5. `zs3net`: GMMN + retrained classifier on the step-1 features -> **zs3net**.
-6. `cagnet_st/{pseudo_labels,step1,finetune}`: pseudo-labels from the CaGNet model (top-p),
-   then step 1 and the mixed finetune on them -> **cagnet_st**.
-7. `zs3net_st/{pseudo_labels,step1,zs3net}`: pseudo-labels from the ZS3Net model (top-p %),
-   step 1 on them, then ZS3Net's stage on the new features -> **zs3net_st**.
-
-With `shapes_benchmark: true` the benchmark and the pretrained init come from
-`<output-dir>/shapes` and `<output-dir>/pretrain` exactly as `cagnet demo` makes them, so
-pointing both commands at one folder generates and pretrains once.
-"""
-
-from __future__ import annotations
-
+import json
 import logging
 import shutil
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 from cagnet.baselines.compare.recipe import CompareRecipe
-from cagnet.baselines.compare.stages import StageOutcome, run_stage
 from cagnet.config import Config, config_to_dict, load_config
 from cagnet.datasets.shapes import prepare_shapes
 from cagnet.engine.pretrain import pretrained_init
+from cagnet.report.tables import write_report
+from cagnet.utils.io import atomic_write_json
 
 LOGGER = logging.getLogger("cagnet")
 SCORE_KEYS = ("hiou", "miou", "miou_seen", "miou_unseen", "pixel_acc", "mean_acc", "num_pixels")
 
 
+@dataclass
+class StageOutcome:
+    """What a finished stage left behind."""
+
+    name: str
+    run_dir: Path
+    checkpoint: Path
+    scores: dict
+    seconds: float
+    reused: bool
+    details: dict = field(default_factory=dict)
+
+
+def fingerprint(path: str | Path) -> dict:
+    """Identity of an input file: path, size and modification time (ns)."""
+    status = Path(path).stat()
+    return {"path": str(Path(path).resolve()), "size": status.st_size,
+            "mtime_ns": status.st_mtime_ns}
+
+
 class ComparePipeline:
-    """The stages of one comparison (see the module docstring); `run()` returns the entries."""
+    """The stage configs and outcomes of one comparison (see the module docstring)."""
 
     def __init__(self, recipe: CompareRecipe, output_dir: Path, overrides: Sequence[str] = (),
                  fresh: bool = False, show_progress: bool = True) -> None:
@@ -57,30 +61,56 @@ class ComparePipeline:
         return load_config(stage_recipe.recipe, self.paths + self.recipe.overrides
                            + stage_recipe.overrides + self.cli_overrides + list(fixed))
 
-    def stage(self, name: str, run_dir: Path, config: Config | dict, inputs: dict, action
-              ) -> StageOutcome:
-        signature = {"config": config_to_dict(config) if isinstance(config, Config) else config}
-        outcome = run_stage(name, run_dir, signature, inputs, action, self.fresh)
+    def stage(self, name: str, run_dir: Path, config: Config | dict, inputs: dict[str, Path],
+              action: Callable[[], tuple[Path, dict, dict]]) -> StageOutcome:
+        """Run `action` (-> checkpoint, scores, details) unless `run_dir/stage.json` holds the
+        same signature (`config`, `inputs`) and its checkpoint exists; record the outcome."""
+        signature = {"config": config_to_dict(config) if isinstance(config, Config) else config,
+                     "inputs": {key: fingerprint(path) for key, path in inputs.items()}}
+        signature = json.loads(json.dumps(signature))  # tuples -> lists, keys -> str: as read back
+        record_path, record = run_dir / "stage.json", {}
+        if not self.fresh and record_path.is_file():
+            try:
+                record = json.loads(record_path.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                record = {}
+        checkpoint = Path(record.get("checkpoint", ""))
+        if record.get("signature") == signature and checkpoint.is_file():
+            LOGGER.info("compare: reusing stage %s from %s", name, run_dir)
+            outcome = StageOutcome(name, run_dir, checkpoint, record["scores"],
+                                   float(record.get("seconds", 0.0)), True,
+                                   record.get("details", {}))
+        else:
+            LOGGER.info("compare: running stage %s into %s", name, run_dir)
+            started = time.perf_counter()
+            checkpoint, scores, details = action()
+            seconds = time.perf_counter() - started
+            scores = {key: value for key, value in scores.items() if not isinstance(value, dict)}
+            atomic_write_json(record_path, {"stage": name, "signature": signature,
+                                            "checkpoint": str(checkpoint), "scores": scores,
+                                            "seconds": seconds, "details": details})
+            outcome = StageOutcome(name, run_dir, Path(checkpoint), scores, seconds, False, details)
         self.outcomes[name] = outcome
         return outcome
 
     def prepare_benchmark(self) -> None:
-        """Shapes: generate / reuse the benchmark and the pretrained init (`cagnet demo`)."""
+        """Shapes: generate / reuse the benchmark and the pretrained init as `cagnet demo` does,
+        in `<output-dir>/shapes` and `<output-dir>/pretrain`."""
         if not self.recipe.shapes_benchmark:
             return
         data_dir = self.output_dir / "shapes"
         embeddings = prepare_shapes(data_dir, self.recipe.benchmark_seed)
         self.paths = [f"data.root={data_dir}", f"embeddings.path={embeddings}",
                       f"pretrain.corpus={data_dir / 'pretrain'}"]
-        probe = self.config("cagnet_step1")
-        init = pretrained_init(probe, self.output_dir / "pretrain", self.show_progress)
+        init = pretrained_init(self.config("cagnet_step1"), self.output_dir / "pretrain",
+                               self.show_progress)
         self.paths.append(f"model.init={init}")
 
 
 def entry(outcome: StageOutcome, description: str, **protocol) -> dict:
     """One method's compare.json entry from the stage that produced its model."""
-    scores = {key: outcome.scores.get(key) for key in SCORE_KEYS}
-    return {"scores": scores, "iou": list(outcome.scores.get("iou", [])),
+    return {"scores": {key: outcome.scores.get(key) for key in SCORE_KEYS},
+            "iou": list(outcome.scores.get("iou", [])),
             "protocol": {"method": description, **protocol}, "run": str(outcome.run_dir),
             "checkpoint": str(outcome.checkpoint)}
 
@@ -91,3 +121,21 @@ def clean_folder(path: Path) -> Path:
         shutil.rmtree(path)
     path.mkdir(parents=True)
     return path
+
+
+def restate_protocol(run_dir: Path, updates: dict[str, str], title: str) -> None:
+    """Rewrite a run's `metrics.json` / `report.md` / `protocol.json` with protocol entries
+    replaced or added (a self-training run's pseudo-labelled unseen pixels do reach the losses,
+    unlike the trainer's default card says). Scores are unchanged."""
+    document = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
+    protocol = {**document.pop("protocol", {}), **updates}
+    classes = document.pop("classes", [])
+    num_seen = sum(1 for row in classes if row["split"] == "seen")
+    scores = {key: (float("nan") if value is None else value) for key, value in document.items()}
+    for key in ("iou", "accuracy"):
+        scores[key] = [float("nan") if value is None else value for value in document[key]]
+    write_report(run_dir, scores, [row["name"] for row in classes], num_seen, protocol, title)
+    card_path = run_dir / "protocol.json"
+    if card_path.is_file():
+        card = json.loads(card_path.read_text(encoding="utf-8"))
+        atomic_write_json(card_path, {**card, **updates})

@@ -1,27 +1,12 @@
-"""The `cagnet compare` recipe: which per-method recipes and overrides every stage runs with.
-
-A compare recipe is a small YAML file (not a `Config`):
-
-    step1: shapes.yaml              # CaGNet step-1 recipe, relative to this file
-    finetune: shapes_finetune.yaml  # CaGNet's mixed-schedule recipe
-    shapes_benchmark: true          # generate / reuse <output-dir>/shapes and its pretraining
-    benchmark_seed: 0               #   (as `cagnet demo` does) and fill in the data paths
-    calibration_values: "0:1:0.05"  # the T grid of SPNet-c (start:stop:step or a list)
-    supervised: false               # add the reference: step 1 with every class seen
-    overrides: []                   # --set values for every stage
-    stages:                         # per stage: a list of overrides, or
-      spnet: [train.iterations=600] #   {recipe: other.yaml, overrides: [...]} to replace the base
-
-Stage names and their base recipes (`STAGES`); each stage adds its own fixed settings on top
-(`baseline.method`, the validation split, the pseudo-label folder), then the recipe's
-`overrides`, the stage's overrides and finally the command line's `--set` values.
-"""
-
-from __future__ import annotations
+"""The `cagnet compare` recipe, a small YAML file (not a `Config`): `step1` / `finetune` (CaGNet's
+recipes, relative to the file), `shapes_benchmark` / `benchmark_seed` (the shapes benchmark and
+pretraining as `cagnet demo` makes them), `calibration_values` (SPNet-c's T grid), `supervised`
+(the every-class-seen reference), `overrides` (every stage) and `stages` (per stage a list of
+overrides, or `{recipe: other.yaml, overrides: [...]}`); see `ComparePipeline.config`."""
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import yaml
 
@@ -75,7 +60,7 @@ def _string_list(value: Any, where: str) -> list[str]:
 def _recipe_file(base: Path, value: Any, where: str) -> Path:
     if not isinstance(value, str) or not value:
         raise ConfigError(f"{where}: expected a recipe file name, got {value!r}")
-    path = (base / value) if not Path(value).is_absolute() else Path(value)
+    path = base / value  # an absolute `value` replaces `base`
     if not path.is_file():
         raise ConfigError(f"{where}: recipe not found: {path}")
     return path
@@ -92,23 +77,27 @@ def _stage(base: Path, name: str, value: Any, default: Path, where: str) -> Stag
     return StageRecipe(recipe, _string_list(value.get("overrides"), f"{where}.overrides"))
 
 
+def read_mapping(path: Path, keys: Sequence[str], what: str) -> dict:
+    """The top-level mapping of a recipe file; errors name the file and any unknown key."""
+    if not path.is_file():
+        raise ConfigError(f"{what} not found: {path}")
+    try:
+        content = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError, UnicodeDecodeError) as error:
+        raise ConfigError(f"{path}: cannot be read as YAML ({str(error)[:200]})") from None
+    if not isinstance(content, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    unknown = sorted(set(map(str, content)) - set(keys))
+    if unknown:
+        raise ConfigError(f"{path}: unknown key {unknown[0]!r}; valid keys: {', '.join(keys)}")
+    return content
+
+
 def read_compare_recipe(path: str | Path) -> CompareRecipe:
     """Read and check a compare recipe; errors name the file and the key."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"compare recipe not found: {path}")
-    try:
-        content = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except (yaml.YAMLError, UnicodeDecodeError) as error:
-        raise ConfigError(f"{path}: not valid YAML ({str(error)[:200]})") from None
-    if not isinstance(content, dict):
-        raise ConfigError(f"{path}: expected a mapping at the top level")
-    unknown = sorted(set(map(str, content)) - set(TOP_LEVEL_KEYS))
-    if unknown:
-        raise ConfigError(f"{path}: unknown key {unknown[0]!r}; valid keys: "
-                          f"{', '.join(TOP_LEVEL_KEYS)}")
-    base = path.parent
-    recipes = {key: _recipe_file(base, content.get(key), f"{path}: {key}")
+    content = read_mapping(path, TOP_LEVEL_KEYS, "compare recipe")
+    recipes = {key: _recipe_file(path.parent, content.get(key), f"{path}: {key}")
                for key in ("step1", "finetune")}
     stages_content = content.get("stages") or {}
     if not isinstance(stages_content, dict):
@@ -117,10 +106,9 @@ def read_compare_recipe(path: str | Path) -> CompareRecipe:
     if unknown:
         raise ConfigError(f"{path}: stages: unknown stage {unknown[0]!r}; valid stages: "
                           f"{', '.join(STAGES)}")
-    stages = {name: _stage(base, name, stages_content.get(name), recipes[kind],
+    stages = {name: _stage(path.parent, name, stages_content.get(name), recipes[kind],
                            f"{path}: stages.{name}") for name, (kind, _) in STAGES.items()}
-    shapes = content.get("shapes_benchmark", False)
-    seed = content.get("benchmark_seed", 0)
+    shapes, seed = content.get("shapes_benchmark", False), content.get("benchmark_seed", 0)
     values = content.get("calibration_values", "0:1:0.05")
     if not isinstance(shapes, bool) or not isinstance(seed, int) or isinstance(seed, bool):
         raise ConfigError(f"{path}: shapes_benchmark must be true/false and benchmark_seed an "

@@ -1,14 +1,7 @@
-"""The paper-style comparison table of `cagnet compare`: `compare.md` and `compare.json`.
-
-One entry per method, keyed `spnet`, `spnet_c`, `zs3net`, `cagnet`, `zs3net_st`, `cagnet_st`
-(the rows of the CaGNet paper's tables, in that order), each with its scores
-(`zero_shot_scores` keys: hIoU, mIoU, S-mIoU, U-mIoU, pixel and mean accuracy, per class IoU),
-its protocol and its run folder. The table is followed by the published pattern (SPNet's unseen
-mIoU collapses, calibration and generation recover it, CaGNet beats ZS3Net, self-training adds
-on top), each statement marked as holding or not on this run.
-"""
-
-from __future__ import annotations
+"""The paper-style comparison of `cagnet compare`, `compare.md` and `compare.json`: one entry per
+method (scores, protocol, run folder) in the order of the paper's tables, then the published
+pattern (SPNet's unseen mIoU collapses, calibration and generation recover it, CaGNet beats
+ZS3Net, self-training adds on top), each statement marked as holding or not on this run."""
 
 import math
 from pathlib import Path
@@ -69,23 +62,20 @@ def pattern_checks(entries: Entries) -> list[dict]:
 def comparison_markdown(entries: Entries, title: str, evaluation: str,
                         notes: list[str] = ()) -> str:
     """The table (one row per method present), the pattern checks and the notes."""
+    present = [(method, label, entries[method]) for method, label in METHOD_ROWS
+               if method in entries]
     lines = [f"# {title}", "", f"Evaluation: {evaluation}.", "",
              "| method | " + " | ".join(header for _, header in SUMMARY_COLUMNS) + " |",
              "|---" * (len(SUMMARY_COLUMNS) + 1) + "|"]
-    for method, label in METHOD_ROWS:
-        if method in entries:
-            scores = entries[method]["scores"]
-            lines.append(f"| {label} | " + " | ".join(_format_number(scores.get(key))
-                                                      for key, _ in SUMMARY_COLUMNS) + " |")
+    lines += [f"| {label} | " + " | ".join(_format_number(entry["scores"].get(key))
+                                            for key, _ in SUMMARY_COLUMNS) + " |"
+              for _, label, entry in present]
     lines += ["", "## The published pattern on this run", ""]
     lines += [f"- [{'x' if check['holds'] else ' '}] {check['statement']}"
               for check in pattern_checks(entries)]
     lines += ["", "## Methods", ""]
-    for method, label in METHOD_ROWS:
-        if method in entries:
-            entry = entries[method]
-            lines.append(f"- **{label}** (`{method}`, run `{entry['run']}`): "
-                         f"{entry['protocol']['method']}")
+    lines += [f"- **{label}** (`{method}`, run `{entry['run']}`): {entry['protocol']['method']}"
+              for method, label, entry in present]
     if notes:
         lines += ["", "## Notes", ""] + [f"- {note}" for note in notes]
     return "\n".join(lines) + "\n"
@@ -94,9 +84,8 @@ def comparison_markdown(entries: Entries, title: str, evaluation: str,
 def write_comparison(out_dir: str | Path, entries: Entries, title: str, evaluation: str,
                      notes: list[str] = (), extra: Mapping[str, Any] | None = None
                      ) -> tuple[Path, Path]:
-    """Write `compare.json` (one top-level entry per method in table order, then
-    `comparison`: title, evaluation, the pattern checks, notes and `extra`) and `compare.md`
-    into `out_dir`."""
+    """Write `compare.json` (one entry per method in table order, then `comparison`: title,
+    evaluation, the pattern checks, notes and `extra`) and `compare.md` into `out_dir`."""
     out_dir = Path(out_dir)
     document: dict[str, Any] = {method: entries[method] for method, _ in METHOD_ROWS
                                 if method in entries}

@@ -1,8 +1,6 @@
 """`cagnet compare`: run (or reuse) every method's stages in order and write the paper-style
 table (`compare.md`, `compare.json`); see `pipeline.py` for the stages."""
 
-from __future__ import annotations
-
 import time
 from pathlib import Path
 from typing import Sequence
@@ -46,15 +44,14 @@ def run_compare(recipe_path: str | Path, output_dir: str | Path, overrides: Sequ
     methods.zs3net_self_training(pipeline, entries)
     if pipeline.recipe.supervised:
         methods.supervised(pipeline, entries, split)
+    names = split.class_names
     for method, entry in entries.items():
-        names = split.class_names
-        order = [names[i] for i in split.model_ids] if method != "supervised" else \
-            [names[i] for i in split.seen_ids + split.unseen_ids]
-        entry["scores"]["class_iou"] = dict(zip(order, entry.pop("iou", [])))
+        order = split.model_ids if method != "supervised" else split.seen_ids + split.unseen_ids
+        entry["scores"]["class_iou"] = dict(zip([names[i] for i in order], entry.pop("iou", [])))
     if "supervised" in entries:  # its means over the zero-shot split's seen / unseen classes
-        scores, iou = entries["supervised"]["scores"], entries["supervised"]["scores"]["class_iou"]
-        seen = [iou[names[i]] for i in split.seen_ids]
-        unseen = [iou[names[i]] for i in split.unseen_ids]
+        scores = entries["supervised"]["scores"]
+        seen, unseen = ([scores["class_iou"][names[i]] for i in ids]
+                        for ids in (split.seen_ids, split.unseen_ids))
         scores["miou_seen"], scores["miou_unseen"] = _nanmean(seen), _nanmean(unseen)
         scores["hiou"] = harmonic_mean(scores["miou_seen"], scores["miou_unseen"])
     _write(pipeline, entries, step1_config, split, (time.perf_counter() - started) / 60)
@@ -63,7 +60,6 @@ def run_compare(recipe_path: str | Path, output_dir: str | Path, overrides: Sequ
 
 def _write(pipeline: ComparePipeline, entries: dict, config: Config, split: ClassSplit,
            minutes: float) -> None:
-    evaluation = describe_protocol(config.eval.protocol, config.eval.warp_size)
     reused = [name for name, outcome in pipeline.outcomes.items() if outcome.reused]
     notes = [f"benchmark: {config.data.root} ({split.num_seen} seen / {split.num_unseen} "
              f"unseen classes; validation classes "
@@ -74,6 +70,7 @@ def _write(pipeline: ComparePipeline, entries: dict, config: Config, split: Clas
     stages = {name: {"run": str(outcome.run_dir), "seconds": round(outcome.seconds, 1),
                      "reused": outcome.reused} for name, outcome in pipeline.outcomes.items()}
     title = f"{config.name}: SPNet, SPNet-c, ZS3Net, CaGNet and their self-training variants"
+    evaluation = describe_protocol(config.eval.protocol, config.eval.warp_size)
     markdown, _ = write_comparison(pipeline.output_dir, entries, title, evaluation, notes,
                                    {"stages": stages, "recipe": str(pipeline.recipe.path)})
     print(markdown.read_text(encoding="utf-8"))
