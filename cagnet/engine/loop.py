@@ -1,6 +1,7 @@
 """The one training loop that drives every `Method`: exact resume (what is random in iteration t
 is seeded from (seed, t)), graceful stops, the non-finite policy, logs, checkpoints, evaluation."""
 
+import abc
 import logging
 import math
 from dataclasses import dataclass, field, fields
@@ -59,7 +60,7 @@ class TrainResult:
     skipped_samples: list[str] = field(default_factory=list)
 
 
-class Method:
+class Method(abc.ABC):
     """A training method: sets `model`, `optimizers`, `dataset` and `step`; hooks have defaults."""
 
     name = "train"
@@ -83,9 +84,9 @@ class Method:
         """Set every group's rate for `iteration`; returns the base rates (logged)."""
         return {}
 
+    @abc.abstractmethod
     def step(self, iteration: int, batch: dict | None) -> dict[str, float]:
         """One update: its terms as floats plus `skipped` (1.0: non-finite, nothing updated)."""
-        raise NotImplementedError
 
     def initialise(self) -> None:
         """Initial weights of a run that does not resume."""
