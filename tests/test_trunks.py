@@ -17,7 +17,7 @@ from cagnet.errors import ConfigError
 from cagnet.models import FrozenBatchNorm2d
 from cagnet.models.build import build_cagnet
 from cagnet.models.trunks import (InputNormalization, TrunkWithASPP, dilate_resnet,
-                                  freeze_batch_norm)
+                                  freeze_batch_norm, locate_trunk_file)
 
 from conftest import tiny_config_overrides
 
@@ -140,6 +140,36 @@ def test_every_command_by_cli_alone(kind: str, tiny_voc: Path, tmp_path: Path) -
     assert set(supervised["class_iou"]) == {"red circle", "blue circle", "red square",
                                             "blue square"}
     assert "Supervised (every class seen)" in (run / "compare" / "compare.md").read_text()
+
+
+def test_a_moved_python_trunk_file_is_found_or_relocated(tiny_voc: Path, tmp_path: Path,
+                                                         capsys) -> None:
+    """A checkpoint names its python: trunk by absolute path; when that file has moved, the
+    error says how to point at it, and only that one setting may be given again."""
+    factory = tmp_path / "moving_factory.py"
+    factory.write_text(FACTORY.read_text())
+    overrides = tiny_config_overrides(tiny_voc) + [
+        f"model.trunk=python:{factory}:tiny_trunk", "data.warp_size=48", "data.crop_size=40",
+        "eval.warp_size=48", "model.feature_dim=8", "train.iterations=1",
+        "model.train_scales=[1.0]"]
+    sets = [argument for item in overrides for argument in ("--set", item)]
+    recipe = tmp_path / "tiny.yaml"
+    recipe.write_text("name: tiny\n")
+    assert main(["train", "--config", str(recipe), *sets, "--output-dir",
+                 str(tmp_path / "run")]) == 0
+    checkpoint = str(tmp_path / "run" / "checkpoints" / "last.pt")
+    factory.unlink()
+    evaluate = ["eval", "--checkpoint", checkpoint, "--output-dir", str(tmp_path / "eval")]
+    assert main(evaluate) == 2
+    assert "--set model.trunk=python:NEW_FILE.py:tiny_trunk" in capsys.readouterr().err
+    assert main(evaluate + ["--set", f"model.trunk=python:{FACTORY}:another_trunk"]) == 2
+    assert "only a python: trunk's file may move" in capsys.readouterr().err
+    assert main(evaluate + ["--set", f"model.trunk=python:{FACTORY}:tiny_trunk"]) == 0
+    assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["num_pixels"] > 0
+    # a run made in another clone finds this checkout's examples/
+    elsewhere = locate_trunk_file(Path("/another/clone/examples/efficientnet_lite.py"))
+    assert elsewhere == Path(__file__).resolve().parents[1] / "examples" / "efficientnet_lite.py"
+    assert locate_trunk_file(Path("/nowhere/trunk.py")) == Path("/nowhere/trunk.py")
 
 
 def test_efficientnet_lite_example_trunk() -> None:

@@ -152,17 +152,35 @@ def model_from_checkpoint(state: dict, source: str | Path = "checkpoint",
 def load_model(path: str | Path, config_path: str | Path | None = None,
                overrides: Sequence[str] = ()) -> LoadedModel:
     """Load a checkpoint; `config_path` / `overrides` may not change the architecture."""
-    frozen = [text for text in overrides
-              if text.split("=")[0].strip().startswith(("model.", "baseline."))]
-    if frozen:
-        raise ConfigError(f"--set {frozen[0]}: the architecture (model.*, baseline.*) comes "
-                          f"from the checkpoint {path} and cannot be overridden")
     state = load_checkpoint(path)
+    stored = config_from_dict(state["config"])
+    relocated = None
+    for text in overrides:
+        key, _, value = (part.strip() for part in text.partition("="))
+        if not key.startswith(("model.", "baseline.")):
+            continue
+        if key == "model.trunk" and _same_python_factory(stored.model.trunk, value):
+            relocated = value  # the same factory moved elsewhere: the weights still decide
+            continue
+        raise ConfigError(f"--set {text}: the architecture (model.*, baseline.*) comes from "
+                          f"the checkpoint {path} and cannot be overridden (only a python: "
+                          f"trunk's file may move: --set model.trunk=python:NEW_FILE.py:"
+                          f"<the same callable>)")
+    overrides = [text for text in overrides if not text.strip().startswith("model.trunk")]
     config = load_config(config_path, overrides) if config_path else \
         config_from_dict(state["config"], overrides)
-    stored = config_from_dict(state["config"])
+    if relocated:
+        stored.model.trunk = relocated
+        state = {**state, "config": {**state["config"],
+                                     "model": {**state["config"]["model"], "trunk": relocated}}}
     config.model, config.baseline = stored.model, stored.baseline
     return model_from_checkpoint(state, path, config)
+
+
+def _same_python_factory(stored: str, given: str) -> bool:
+    """Whether two `python:<file or module>:<callable>` trunks name the same callable."""
+    return (stored.startswith("python:") and given.startswith("python:")
+            and stored.rpartition(":")[2] == given.rpartition(":")[2])
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:

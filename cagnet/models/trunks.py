@@ -181,13 +181,23 @@ def _timm(name: str, pretrained: str, endpoint: str, output_stride: int) -> nn.M
     return _Endpoint(model, 0)
 
 
+def locate_trunk_file(path: Path) -> Path:
+    """`path`, else the same file in this checkout: relative paths from its root, and any
+    `examples/<file>.py` in this checkout's examples/ (a run made in another clone)."""
+    if path.is_file():
+        return path
+    checkout = Path(__file__).resolve().parents[2]
+    candidates = [] if path.is_absolute() else [checkout / path]
+    if path.parent.name == "examples":
+        candidates.append(checkout / "examples" / path.name)
+    return next((candidate for candidate in candidates if candidate.is_file()), path)
+
+
 def _python(target: str, pretrained: str, *unused) -> nn.Module:  # no endpoint, no stride
     source, _, attribute = target.rpartition(":")
     try:
         if source.endswith(".py"):
-            path = Path(source)
-            if not path.is_file():
-                path = Path(__file__).resolve().parents[2] / source  # the checkout's examples
+            path = locate_trunk_file(Path(source))
             spec = importlib.util.spec_from_file_location(path.stem, path)
             module = importlib.util.module_from_spec(spec)
             spec.loader.exec_module(module)
@@ -196,7 +206,9 @@ def _python(target: str, pretrained: str, *unused) -> nn.Module:  # no endpoint,
         factory = getattr(module, attribute)
     except (ImportError, AttributeError, FileNotFoundError, ValueError) as error:
         raise ConfigError(f"model.trunk python:{target}: cannot load the factory ({error}); "
-                          "expected python:<module or file.py>:<callable>") from None
+                          "expected python:<module or file.py>:<callable> (if the file moved "
+                          "since the checkpoint was written: --set model.trunk=python:"
+                          f"NEW_FILE.py:{attribute})") from None
     trunk = factory(pretrained)
     if not isinstance(trunk, nn.Module):
         raise ConfigError(f"model.trunk python:{target} returned {type(trunk).__name__}, "
