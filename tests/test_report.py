@@ -7,7 +7,10 @@ import math
 
 import numpy as np
 import pytest
+import torch
 
+from cagnet.config import EvalConfig
+from cagnet.engine.evaluate import confusion_matrices
 from cagnet.metrics import zero_shot_scores
 from cagnet.report.tables import (class_rows, format_scores_line, markdown_report, metrics_document,
                            write_report)
@@ -91,3 +94,45 @@ def test_report_names_both_protocols_and_keeps_the_threshold_apart(tmp_path, sco
     document = json.loads((tmp_path / "metrics.json").read_text())
     assert document["hiou"] == pytest.approx(3 / 7) and "coverage" not in document
     assert document["protocols"]["original"]["hiou"] == 1.0
+
+
+class FixedLogits(torch.nn.Module):
+    """A 'model' whose logits (K, 1, 4) are fixed: one row of four pixels."""
+
+    def __init__(self, logits: torch.Tensor) -> None:
+        super().__init__()
+        self.logits = logits
+
+    def feature_size(self, height: int, width: int) -> tuple[int, int]:
+        return tuple(self.logits.shape[-2:])
+
+    def segment(self, images: torch.Tensor) -> torch.Tensor:
+        return self.logits.expand(len(images), *self.logits.shape)
+
+
+def test_unseen_only_scores_predict_unseen_pixels_among_unseen_classes() -> None:
+    """Classes cat, dog seen; sheep, sofa unseen. Pixel 0 (sheep) is predicted dog overall but
+    sheep among the unseen; pixel 1 (sofa) sheep either way; seen pixels never count."""
+    logits = torch.tensor([[0.0, 0.0, 9.0, 0.0],     # cat
+                           [9.0, 0.0, 0.0, 9.0],     # dog
+                           [5.0, 5.0, 0.0, 0.0],     # sheep
+                           [1.0, 1.0, 0.0, 0.0]]).view(4, 1, 4)  # sofa
+    batch = {"image": torch.zeros(1, 3, 1, 4), "label": torch.tensor([[[2, 3, 0, 1]]])}
+    evaluation = EvalConfig(protocol="original", warp_size=4)
+    matrices = confusion_matrices(FixedLogits(logits), [batch], 4, evaluation,
+                                  torch.device("cpu"), reduce=None, num_seen=2)
+    assert matrices["original"][2].tolist() == [0, 1, 0, 0]  # sheep -> dog overall
+    unseen_only = matrices["unseen_only"]
+    assert unseen_only[:2].sum() == 0 and unseen_only[:, :2].sum() == 0
+    assert unseen_only[2:, 2:].tolist() == [[1, 0], [1, 0]]
+    assert "unseen_only" not in confusion_matrices(FixedLogits(logits), [batch], 4, evaluation,
+                                                   torch.device("cpu"), reduce=None, num_seen=4)
+
+
+def test_report_states_the_unseen_only_scores(scores: dict) -> None:
+    text = markdown_report({**scores, "zsl_miou": 0.25, "zsl_mean_acc": 0.5,
+                            "zsl_iou": [0.5, 0.0]}, CLASS_NAMES, 2, PROTOCOL, "t")
+    assert "## Unseen classes only (ZSL setting)" in text
+    assert "(chance accuracy 0.50): mIoU 0.2500, mean accuracy 0.5000" in text
+    assert "IoU per class: sheep 0.5000, sofa 0.0000." in text
+    assert "Unseen classes only" not in markdown_report(scores, CLASS_NAMES, 2, PROTOCOL, "t")

@@ -92,13 +92,17 @@ def confusion_matrices(model: torch.nn.Module, loader: Iterable[dict], num_class
                        evaluation: EvalConfig, device: torch.device,
                        autocast: Autocast | None = None,
                        reduce: Reduce | None = sum_across_processes,
-                       channels_last: bool = False) -> dict[str, torch.Tensor]:
+                       channels_last: bool = False, num_seen: int = 0) -> dict[str, torch.Tensor]:
     """The (K, K) confusion matrices of both protocols (and with `eval.min_confidence` a
-    (K + 1, K + 1) one, K = no class), summed over ranks by `reduce` (None: this rank's share)."""
+    (K + 1, K + 1) one, K = no class), summed over ranks by `reduce` (None: this rank's share).
+    With 0 < `num_seen` < K also `unseen_only` (`eval.protocol`): the pixels of unseen classes
+    only, each predicted among the unseen classes only (ZS3Net's ZSL setting)."""
     model.eval()
     sizes = {name: num_classes for name in PROTOCOLS}
     if evaluation.min_confidence > 0:
         sizes["min_confidence"] = num_classes + 1
+    if 0 < num_seen < num_classes:
+        sizes["unseen_only"] = num_classes
     confusions = {name: torch.zeros(size, size, dtype=torch.long, device=device)
                   for name, size in sizes.items()}
     scales = evaluation.tta_scales if evaluation.tta else (1.0,)
@@ -112,7 +116,12 @@ def confusion_matrices(model: torch.nn.Module, loader: Iterable[dict], num_class
         for name, confusion in confusions.items():  # min_confidence: on eval.protocol
             protocol, threshold = (evaluation.protocol, evaluation.min_confidence) \
                 if name == "min_confidence" else (name, 0.0)
-            for prediction, label in predictions_for_labels(logits, labels, protocol,
+            scores, targets = logits, labels
+            if name == "unseen_only":
+                protocol, scores = evaluation.protocol, logits.clone()
+                scores[:, :num_seen] = float("-inf")
+                targets = [torch.where(label < num_seen, 255, label) for label in labels]
+            for prediction, label in predictions_for_labels(scores, targets, protocol,
                                                             evaluation.warp_size, threshold):
                 confusion += confusion_matrix(prediction, label, len(confusion))
         seen_images += len(labels)
@@ -139,10 +148,14 @@ def evaluate_and_report(model: torch.nn.Module, loader: Iterable[dict], evaluati
     num_classes, num_seen = len(split.model_ids), split.num_seen
     confusions = {name: matrix.cpu() for name, matrix in confusion_matrices(
         model, loader, num_classes, evaluation, device, autocast,
-        channels_last=channels_last).items()}
+        channels_last=channels_last, num_seen=num_seen).items()}
     seen, unseen = list(range(num_seen)), list(range(num_seen, num_classes))
     protocols = {name: zero_shot_scores(confusions[name], seen, unseen) for name in PROTOCOLS}
     scores = {**protocols[evaluation.protocol], "protocols": protocols}
+    if "unseen_only" in confusions:
+        among_unseen = zero_shot_scores(confusions["unseen_only"], [], unseen)
+        scores.update(zsl_miou=among_unseen["miou_unseen"], zsl_mean_acc=among_unseen["mean_acc"],
+                      zsl_iou=among_unseen["iou"][num_seen:])
     if evaluation.tta:
         flips = " and their horizontal flips" if evaluation.tta_flip else ""
         card = {**card, "test_time_augmentation": f"logits averaged over scales "

@@ -59,6 +59,15 @@ def markdown_report(scores: Mapping[str, Any], class_names: Sequence[str], num_s
         name = row["name"].replace("|", "\\|")
         lines.append(f"| {row['index']} | {name} | {row['split']} | "
                      f"{_format_number(row['iou'])} | {_format_number(row['accuracy'])} |")
+    if scores.get("zsl_iou"):
+        unseen_names = [str(name) for name in class_names[num_seen:]]
+        lines += ["", "## Unseen classes only (ZSL setting)", "",
+                  "The pixels of unseen classes, each predicted among the unseen classes only "
+                  f"(chance accuracy {1 / len(unseen_names):.2f}): mIoU "
+                  f"{_format_number(scores.get('zsl_miou'))}, mean accuracy "
+                  f"{_format_number(scores.get('zsl_mean_acc'))}; IoU per class: " + ", ".join(
+                      f"{name} {_format_number(value)}"
+                      for name, value in zip(unseen_names, scores["zsl_iou"])) + "."]
     if open_world:
         lines += ["", "## Open-world threshold (not a benchmark score)", "",
                   f"Pixels whose max softmax probability is below {open_world['min_confidence']}"

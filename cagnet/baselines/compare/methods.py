@@ -103,6 +103,8 @@ def spnet(pipeline: ComparePipeline, entries: dict, split: ClassSplit) -> None:
         f"classes {names} (they play the unseen classes; the test unseen classes are never "
         "used to choose T)", temperature=temperature, validation_run=str(validation.run_dir))
     entries["spnet_c"]["run"] = str(calibrated_dir)
+    # T moves only seen probabilities: among the unseen classes the argmax is SPNet's own
+    entries["spnet_c"]["scores"]["zsl_miou"] = entries["spnet"]["scores"].get("zsl_miou")
 
 
 def supervised(pipeline: ComparePipeline, entries: dict, split: ClassSplit) -> None:

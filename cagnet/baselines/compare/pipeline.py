@@ -20,7 +20,8 @@ from cagnet.report.tables import write_report
 from cagnet.utils.io import atomic_write_json
 
 LOGGER = logging.getLogger("cagnet")
-SCORE_KEYS = ("hiou", "miou", "miou_seen", "miou_unseen", "pixel_acc", "mean_acc", "num_pixels")
+SCORE_KEYS = ("hiou", "miou", "miou_seen", "miou_unseen", "pixel_acc", "mean_acc", "zsl_miou",
+              "num_pixels")
 
 
 @dataclass

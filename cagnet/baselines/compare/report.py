@@ -10,6 +10,9 @@ from typing import Any, Callable, Mapping
 from cagnet.report.tables import SUMMARY_COLUMNS, _format_number
 from cagnet.utils.io import atomic_write_json, atomic_write_text
 
+# The report's columns plus the unseen-only mIoU (ZSL setting: unseen pixels, unseen classes).
+TABLE_COLUMNS = (*SUMMARY_COLUMNS, ("zsl_miou", "ZSL U-mIoU"))
+
 METHOD_ROWS: tuple[tuple[str, str], ...] = (
     ("spnet", "SPNet"), ("spnet_c", "SPNet-c"), ("zs3net", "ZS3Net"), ("cagnet", "CaGNet"),
     ("zs3net_st", "ZS3Net + ST"), ("cagnet_st", "CaGNet + ST"),
@@ -65,10 +68,10 @@ def comparison_markdown(entries: Entries, title: str, evaluation: str,
     present = [(method, label, entries[method]) for method, label in METHOD_ROWS
                if method in entries]
     lines = [f"# {title}", "", f"Evaluation: {evaluation}.", "",
-             "| method | " + " | ".join(header for _, header in SUMMARY_COLUMNS) + " |",
-             "|---" * (len(SUMMARY_COLUMNS) + 1) + "|"]
+             "| method | " + " | ".join(header for _, header in TABLE_COLUMNS) + " |",
+             "|---" * (len(TABLE_COLUMNS) + 1) + "|"]
     lines += [f"| {label} | " + " | ".join(_format_number(entry["scores"].get(key))
-                                            for key, _ in SUMMARY_COLUMNS) + " |"
+                                            for key, _ in TABLE_COLUMNS) + " |"
               for _, label, entry in present]
     lines += ["", "## The published pattern on this run", ""]
     lines += [f"- [{'x' if check['holds'] else ' '}] {check['statement']}"
