@@ -97,6 +97,16 @@ def test_extend_with_shots_uses_them(base_run, tmp_path: Path, capsys) -> None:
                if key.startswith("generator."))
     summary = load_checkpoint(tmp_path / "adapted.pt")["extra"]["extension"]
     assert set(summary["real_pixels_per_class"]) == {"red circle", "blue square"}  # no replay
+    assert main(common + ["--out", str(tmp_path / "whole.pt"), "--shots", str(shots),
+                          "--train-discriminator"]) == 0
+    whole = load_model(tmp_path / "whole.pt").model.state_dict()
+    changed = {key for key in zero if not torch.equal(zero[key], whole[key])}
+    assert {"discriminator.classifier.weight", "discriminator.trunk.conv.weight"} <= changed
+    assert not any(key.startswith(("backbone.", "generator.", "context.")) for key in changed)
+    assert main(common + ["--out", str(tmp_path / "zero_whole.pt"),
+                          "--train-discriminator"]) == 0  # no shots: the head only, as before
+    zero_whole = load_model(tmp_path / "zero_whole.pt").model.state_dict()
+    assert all(torch.equal(zero[key], zero_whole[key]) for key in zero)
     (tmp_path / "wrong").mkdir()
     assert main(common + ["--out", str(tmp_path / "x.pt"), "--shots", str(tmp_path / "wrong")]) \
         == 2

@@ -51,6 +51,7 @@ class ExtensionSettings:
     real_pixels: int = 1024
     adapt_generator: bool = False
     adapt_iterations: int = 100
+    train_discriminator: bool = False  # with shots: trunk + head, as in step 2 (else the head)
 
 
 @dataclass
@@ -292,9 +293,10 @@ def extend_with_shots(loaded: LoadedModel, names: Sequence[str], rows: torch.Ten
     unseen_rate = config.train.gen_unseen_rate if settings.unseen_rate is None \
         else settings.unseen_rate
     draw = LabelDraw(batch_size, grid, unseen_rate, torch.Generator())
-    history = finetune_classifier(model, model.discriminator.classifier, settings, device, draw,
-                                  pool, maps, (config.loss.content, config.loss.mmd_sigmas),
-                                  show_progress)
+    trainable = model.discriminator if settings.train_discriminator and shots else \
+        model.discriminator.classifier
+    history = finetune_classifier(model, trainable, settings, device, draw, pool, maps,
+                                  (config.loss.content, config.loss.mmd_sigmas), show_progress)
     loaded.class_names, loaded.added_classes = class_names, loaded.added_classes + list(names)
     tail = history[-max(1, len(history) // 10):] or [float("nan")]
     summary.update(dataclasses.asdict(settings), classes_after=model.num_classes,

@@ -6,7 +6,7 @@ import argparse
 from cagnet.errors import CagnetError
 
 EXTENSION_SETTINGS = ("iterations", "lr", "batch_size", "unseen_rate", "seed", "shots",
-                      "replay_images", "real_weight", "adapt_generator")
+                      "replay_images", "real_weight", "adapt_generator", "train_discriminator")
 
 
 def add_command(commands, name: str, help_text: str, examples: str, handler=None,
@@ -76,6 +76,9 @@ def add_extension_arguments(parser: argparse.ArgumentParser, required: bool) -> 
                         "of the real pixels' loss against the generated one (default 1)")
     parser.add_argument("--adapt-generator", action="store_true", help="with --shots: first "
                         "adapt the generator to the shot pixels (content loss, 100 iterations)")
+    parser.add_argument("--train-discriminator", action="store_true", help="with --shots: "
+                        "train the whole discriminator (its shared trunk and the classifier "
+                        "head, as step 2 does), not only the head")
 
 
 def add_device_arguments(parser: argparse.ArgumentParser) -> None:
