@@ -110,18 +110,20 @@ class FixedLogits(torch.nn.Module):
         return self.logits.expand(len(images), *self.logits.shape)
 
 
-def test_unseen_only_scores_predict_unseen_pixels_among_unseen_classes() -> None:
+@pytest.mark.parametrize("protocol", ["original", "full"])
+def test_unseen_only_scores_predict_unseen_pixels_among_unseen_classes(protocol: str) -> None:
     """Classes cat, dog seen; sheep, sofa unseen. Pixel 0 (sheep) is predicted dog overall but
-    sheep among the unseen; pixel 1 (sofa) sheep either way; seen pixels never count."""
+    sheep among the unseen; pixel 1 (sofa) sheep either way; seen pixels never count. `full`
+    upsamples the logits (masking seen logits with -inf there made NaNs)."""
     logits = torch.tensor([[0.0, 0.0, 9.0, 0.0],     # cat
                            [9.0, 0.0, 0.0, 9.0],     # dog
                            [5.0, 5.0, 0.0, 0.0],     # sheep
                            [1.0, 1.0, 0.0, 0.0]]).view(4, 1, 4)  # sofa
     batch = {"image": torch.zeros(1, 3, 1, 4), "label": torch.tensor([[[2, 3, 0, 1]]])}
-    evaluation = EvalConfig(protocol="original", warp_size=4)
+    evaluation = EvalConfig(protocol=protocol, warp_size=4)
     matrices = confusion_matrices(FixedLogits(logits), [batch], 4, evaluation,
                                   torch.device("cpu"), reduce=None, num_seen=2)
-    assert matrices["original"][2].tolist() == [0, 1, 0, 0]  # sheep -> dog overall
+    assert matrices[protocol][2].tolist() == [0, 1, 0, 0]  # sheep -> dog overall
     unseen_only = matrices["unseen_only"]
     assert unseen_only[:2].sum() == 0 and unseen_only[:, :2].sum() == 0
     assert unseen_only[2:, 2:].tolist() == [[1, 0], [1, 0]]

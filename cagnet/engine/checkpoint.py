@@ -153,26 +153,23 @@ def load_model(path: str | Path, config_path: str | Path | None = None,
                overrides: Sequence[str] = ()) -> LoadedModel:
     """Load a checkpoint; `config_path` / `overrides` may not change the architecture."""
     state = load_checkpoint(path)
-    stored = config_from_dict(state["config"])
-    relocated = None
-    for text in overrides:
+    architecture = [text for text in overrides
+                    if text.split("=")[0].strip().startswith(("model.", "baseline."))]
+    for text in architecture:
         key, _, value = (part.strip() for part in text.partition("="))
-        if not key.startswith(("model.", "baseline.")):
-            continue
-        if key == "model.trunk" and _same_python_factory(stored.model.trunk, value):
-            relocated = value  # the same factory moved elsewhere: the weights still decide
-            continue
-        raise ConfigError(f"--set {text}: the architecture (model.*, baseline.*) comes from "
-                          f"the checkpoint {path} and cannot be overridden (only a python: "
-                          f"trunk's file may move: --set model.trunk=python:NEW_FILE.py:"
-                          f"<the same callable>)")
-    overrides = [text for text in overrides if not text.strip().startswith("model.trunk")]
+        stored_trunk = state["config"]["model"].get("trunk", "")
+        if key != "model.trunk" or not _same_python_factory(stored_trunk, value):
+            raise ConfigError(f"--set {text}: the architecture (model.*, baseline.*) comes from "
+                              f"the checkpoint {path} and cannot be overridden (only a python: "
+                              f"trunk's file may move: --set model.trunk=python:NEW_FILE.py:"
+                              f"<the same callable>)")
+        # the same factory moved elsewhere: the stored weights still have to fit it
+        state = {**state, "config": {**state["config"],
+                                     "model": {**state["config"]["model"], "trunk": value}}}
+    overrides = [text for text in overrides if text not in architecture]
     config = load_config(config_path, overrides) if config_path else \
         config_from_dict(state["config"], overrides)
-    if relocated:
-        stored.model.trunk = relocated
-        state = {**state, "config": {**state["config"],
-                                     "model": {**state["config"]["model"], "trunk": relocated}}}
+    stored = config_from_dict(state["config"])
     config.model, config.baseline = stored.model, stored.baseline
     return model_from_checkpoint(state, path, config)
 

@@ -116,14 +116,13 @@ def confusion_matrices(model: torch.nn.Module, loader: Iterable[dict], num_class
         for name, confusion in confusions.items():  # min_confidence: on eval.protocol
             protocol, threshold = (evaluation.protocol, evaluation.min_confidence) \
                 if name == "min_confidence" else (name, 0.0)
-            scores, targets = logits, labels
-            if name == "unseen_only":
-                protocol, scores = evaluation.protocol, logits.clone()
-                scores[:, :num_seen] = float("-inf")
+            scores, targets, offset = logits, labels, 0
+            if name == "unseen_only":  # only the unseen channels, on unseen pixels only
+                protocol, scores, offset = evaluation.protocol, logits[:, num_seen:], num_seen
                 targets = [torch.where(label < num_seen, 255, label) for label in labels]
             for prediction, label in predictions_for_labels(scores, targets, protocol,
                                                             evaluation.warp_size, threshold):
-                confusion += confusion_matrix(prediction, label, len(confusion))
+                confusion += confusion_matrix(prediction + offset, label, len(confusion))
         seen_images += len(labels)
         if evaluation.max_images and seen_images >= evaluation.max_images:
             break
