@@ -77,6 +77,29 @@ def test_folded_model_predicts_like_the_trained_one_on_real_photos(name: str):
     assert (nhwc - reference).abs().max() <= 1e-3 * scale
 
 
+class SamePaddingConv(torch.nn.Conv2d):
+    """A conv with its own forward, like EfficientNet's: pads asymmetrically, then convolves."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(F.pad(x, (0, 1, 0, 1)), self.weight, self.bias, self.stride)
+
+
+def test_folding_leaves_convs_with_their_own_forward_alone():
+    """Found on MSRC: folding EfficientNet's stem replaced its padding conv by a plain one, so
+    `cagnet eval` scored another model than the trainer (hIoU 0.0953 against 0.0917)."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(SamePaddingConv(3, 4, 3, stride=2), FrozenBatchNorm2d(4),
+                                torch.nn.Conv2d(4, 5, 3, padding=1, bias=False),
+                                FrozenBatchNorm2d(5))
+    model = randomise_batch_norm(model)
+    folded = fold_batch_norm(model)
+    assert isinstance(folded[0], SamePaddingConv) and isinstance(folded[1], FrozenBatchNorm2d)
+    assert isinstance(folded[3], torch.nn.Identity)  # the plain conv's BN is still folded
+    images = torch.randn(2, 3, 17, 17)
+    with torch.no_grad():
+        torch.testing.assert_close(folded(images), model(images), rtol=1e-5, atol=1e-5)
+
+
 def test_grouped_upsampled_argmax_is_exactly_the_full_argmax():
     generator = torch.Generator().manual_seed(0)
     logits = torch.randn(7, 9, 11, generator=generator) * 3

@@ -1,6 +1,10 @@
 """Frozen BatchNorm folded into the preceding conv for inference (checkpoints stay unfolded):
 `bn(conv(x))` is one conv (weight `s W`, bias `s b + t`, s = γ / sqrt(σ² + ε), t = β - μ s), for
-every (conv, BN) pair `_conv_norm_pairs` finds (blocks, `nn.Sequential`, fx graphs)."""
+every (conv, BN) pair `_conv_norm_pairs` finds (blocks, `nn.Sequential`, fx graphs).
+
+Only convs that run `nn.Conv2d.forward` itself are folded. A subclass with its own forward
+(EfficientNet's "same" padding, timm's weight-standardised convs) would lose that behaviour in
+the plain conv that replaces it, so it keeps its BN."""
 
 import copy
 
@@ -22,6 +26,11 @@ def folded_conv(conv: nn.Conv2d, norm: FrozenBatchNorm2d) -> nn.Conv2d:
         folded.weight.copy_(conv.weight.double() * scale.view(-1, 1, 1, 1))
         folded.bias.copy_(bias * scale + shift)
     return folded.requires_grad_(False)
+
+
+def is_plain_conv(module: nn.Module) -> bool:
+    """A 2-d conv whose forward is `nn.Conv2d`'s own (so a plain conv can stand in for it)."""
+    return isinstance(module, nn.Conv2d) and type(module).forward is nn.Conv2d.forward
 
 
 def _conv_norm_pairs(module: nn.Module) -> list[tuple[str, str]]:
@@ -48,7 +57,7 @@ def fold_batch_norm(model: nn.Module, inplace: bool = False) -> nn.Module:
     for module in list(model.modules()):
         for conv_name, norm_name in _conv_norm_pairs(module):
             conv, norm = (module.get_submodule(name) for name in (conv_name, norm_name))
-            if isinstance(conv, nn.Conv2d) and isinstance(norm, FrozenBatchNorm2d) \
+            if is_plain_conv(conv) and isinstance(norm, FrozenBatchNorm2d) \
                     and norm.num_features == conv.out_channels:
                 _replace(module, conv_name, folded_conv(conv, norm))
                 _replace(module, norm_name, nn.Identity())
