@@ -22,6 +22,7 @@ from cagnet.cli import main
 from cagnet.config import load_config
 from cagnet.datasets.build import build_dataset, build_split
 from cagnet.engine.checkpoint import load_checkpoint, load_model
+from cagnet.engine.steps import sample_step2_labels
 from cagnet.errors import ConfigError, DataError
 
 from conftest import REPOSITORY, tiny_config_overrides
@@ -110,6 +111,30 @@ def test_extend_with_shots_uses_them(base_run, tmp_path: Path, capsys) -> None:
     (tmp_path / "wrong").mkdir()
     assert main(common + ["--out", str(tmp_path / "x.pt"), "--shots", str(tmp_path / "wrong")]) \
         == 2
+
+
+def test_shot_classes_can_learn_from_their_pixels_alone(base_run, tmp_path: Path) -> None:
+    _, _, checkpoint, words, shots = base_run
+    common = ["extend", "--checkpoint", str(checkpoint), "--add-classes", "blue square",
+              "--word-vectors", str(words), "--iterations", "6", "--device", "cpu",
+              "--shots", str(shots)]
+    assert main(common + ["--out", str(tmp_path / "both.pt")]) == 0
+    assert main(common + ["--out", str(tmp_path / "real.pt"), "--no-generated-shot-classes"]) == 0
+    assert "not_generated" not in load_checkpoint(tmp_path / "both.pt")["extra"]["extension"]
+    summary = load_checkpoint(tmp_path / "real.pt")["extra"]["extension"]
+    assert summary["not_generated"] == ["blue square"] and not summary["generate_shot_classes"]
+    both, real = (load_model(tmp_path / name).model.state_dict() for name in ("both.pt",
+                                                                             "real.pt"))
+    assert not torch.equal(both["discriminator.classifier.weight"],
+                           real["discriminator.classifier.weight"])
+
+
+def test_step2_labels_never_draw_excluded_classes() -> None:
+    def draw(*excluded: int) -> torch.Tensor:
+        return sample_step2_labels(4, 9, 9, 3, 3, 2.0, torch.Generator().manual_seed(0), excluded)
+    assert set(draw().unique().tolist()) == set(range(6))
+    assert set(draw(4).unique().tolist()) == {0, 1, 2, 3, 5}
+    assert set(draw(0, 5).unique().tolist()) == {1, 2, 3, 4}
 
 
 def test_both_baselines_train_and_label(base_run) -> None:

@@ -52,6 +52,9 @@ class ExtensionSettings:
     adapt_generator: bool = False
     adapt_iterations: int = 100
     train_discriminator: bool = False  # with shots: trunk + head, as in step 2 (else the head)
+    # False: no generated features of the classes that have shot pixels (they learn from their
+    # real pixels alone; the ablation "does the generator add anything over the shots?")
+    generate_shot_classes: bool = True
 
 
 @dataclass
@@ -292,7 +295,12 @@ def extend_with_shots(loaded: LoadedModel, names: Sequence[str], rows: torch.Ten
     batch_size = settings.batch_size or config.train.batch_size
     unseen_rate = config.train.gen_unseen_rate if settings.unseen_rate is None \
         else settings.unseen_rate
-    draw = LabelDraw(batch_size, grid, unseen_rate, torch.Generator())
+    excluded = () if settings.generate_shot_classes or pool is None else tuple(
+        index for index in range(summary["classes_before"], model.num_classes)
+        if bool((pool.labels == index).any()))
+    if excluded:
+        summary["not_generated"] = [class_names[index] for index in excluded]
+    draw = LabelDraw(batch_size, grid, unseen_rate, torch.Generator(), excluded)
     trainable = model.discriminator if settings.train_discriminator and shots else \
         model.discriminator.classifier
     history = finetune_classifier(model, trainable, settings, device, draw, pool, maps,

@@ -6,7 +6,8 @@ import argparse
 from cagnet.errors import CagnetError
 
 EXTENSION_SETTINGS = ("iterations", "lr", "batch_size", "unseen_rate", "seed", "shots",
-                      "replay_images", "real_weight", "adapt_generator", "train_discriminator")
+                      "replay_images", "real_weight", "adapt_generator", "train_discriminator",
+                      "generate_shot_classes")
 
 
 def add_command(commands, name: str, help_text: str, examples: str, handler=None,
@@ -79,6 +80,10 @@ def add_extension_arguments(parser: argparse.ArgumentParser, required: bool) -> 
     parser.add_argument("--train-discriminator", action="store_true", help="with --shots: "
                         "train the whole discriminator (its shared trunk and the classifier "
                         "head, as step 2 does), not only the head")
+    parser.add_argument("--no-generated-shot-classes", dest="generate_shot_classes",
+                        action="store_false", help="with --shots: generate no features of the "
+                        "new classes that have shot pixels; they learn from those pixels alone "
+                        "(the other classes keep their generated features)")
 
 
 def add_device_arguments(parser: argparse.ArgumentParser) -> None:

@@ -5,7 +5,7 @@ import contextlib
 import functools
 import math
 from dataclasses import dataclass
-from typing import Callable, ContextManager
+from typing import Callable, ContextManager, Sequence
 
 import torch
 
@@ -39,6 +39,7 @@ class LabelDraw:
     grid_size: tuple[int, int]
     unseen_rate: float
     generator: torch.Generator
+    excluded: tuple[int, ...] = ()  # classes never drawn (few-shot: those learned from shots)
 
 
 def _trainable(module: torch.nn.Module) -> list[torch.nn.Parameter]:
@@ -205,10 +206,14 @@ def _wgan_gradient_penalty(model: torch.nn.Module, real: torch.Tensor, fake: tor
 
 
 def sample_step2_labels(batch_size: int, height: int, width: int, num_seen: int, num_unseen: int,
-                        unseen_rate: float, generator: torch.Generator) -> torch.Tensor:
-    """(B, h, w) labels i.i.d. per pixel: weight 1 per seen, 1 + `unseen_rate` per unseen class."""
+                        unseen_rate: float, generator: torch.Generator,
+                        excluded: Sequence[int] = ()) -> torch.Tensor:
+    """(B, h, w) labels i.i.d. per pixel: weight 1 per seen, 1 + `unseen_rate` per unseen class,
+    0 for the `excluded` classes."""
     weights = torch.ones(num_seen + num_unseen, dtype=torch.float64)
     weights[num_seen:] += unseen_rate
+    if excluded:
+        weights[list(excluded)] = 0.0
     return torch.multinomial(weights, batch_size * height * width, replacement=True,
                              generator=generator).view(batch_size, height, width)
 
@@ -279,7 +284,8 @@ def classifier_step(model: torch.nn.Module, optimizers: Optimizers, loss: LossCo
     optimizers.zero_grad()
     height, width = draw.grid_size
     all_labels = sample_step2_labels(draw.batch_size, height, width, model.num_seen,
-                                     model.num_unseen, draw.unseen_rate, draw.generator)
+                                     model.num_unseen, draw.unseen_rate, draw.generator,
+                                     draw.excluded)
     noise = _latent_noise((draw.batch_size, model.generator.latent_dim, height, width),
                           draw.generator, device)
     labels, noise = sync.local_part(all_labels).to(device), sync.local_part(noise).to(device)
