@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from cagnet.baselines.compare.pipeline import ComparePipeline
 from cagnet.baselines.compare.recipe import STAGES, read_compare_recipe
 from cagnet.baselines.compare.report import METHOD_ROWS, pattern_checks
 from cagnet.cli import main
@@ -70,6 +71,32 @@ def test_compare_end_to_end(tiny_voc: Path, tmp_path: Path) -> None:
     assert main(["compare", "--config", str(recipe), "--output-dir", str(out)]) == 0
     stages = json.loads((out / "compare.json").read_text())["comparison"]["stages"]
     assert all(stage["reused"] for stage in stages.values())
+
+
+def test_a_stage_stopped_half_way_is_run_again(tmp_path: Path) -> None:
+    """Found on MSRC: a re-run stopped by SIGTERM saved its iteration-55 checkpoint over the old
+    one, and the next run reused the old record with that checkpoint."""
+    pipeline = ComparePipeline(None, tmp_path, show_progress=False)
+    checkpoint = tmp_path / "stage" / "last.pt"
+    runs = []
+
+    def action(tag: str):
+        def run():
+            runs.append(tag)
+            checkpoint.parent.mkdir(exist_ok=True)
+            checkpoint.write_text(tag)
+            if tag == "stopped":
+                raise KeyboardInterrupt
+            return checkpoint, {"hiou": 0.5}, {}
+        return run
+
+    pipeline.stage("s", checkpoint.parent, {"iterations": 600}, {}, action("first"))
+    assert pipeline.stage("s", checkpoint.parent, {"iterations": 600}, {},
+                          action("unused")).reused
+    with pytest.raises(KeyboardInterrupt):
+        pipeline.stage("s", checkpoint.parent, {"iterations": 900}, {}, action("stopped"))
+    outcome = pipeline.stage("s", checkpoint.parent, {"iterations": 600}, {}, action("again"))
+    assert not outcome.reused and runs == ["first", "stopped", "again"]
 
 
 def test_compare_recipe_errors_name_the_key(tmp_path: Path) -> None:

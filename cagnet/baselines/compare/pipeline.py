@@ -83,6 +83,9 @@ class ComparePipeline:
                                    record.get("details", {}))
         else:
             LOGGER.info("compare: running stage %s into %s", name, run_dir)
+            # The old record goes first: a run stopped half-way (its clean stop writes a
+            # checkpoint where the old one was) must not be taken for the finished old stage.
+            record_path.unlink(missing_ok=True)
             started = time.perf_counter()
             checkpoint, scores, details = action()
             seconds = time.perf_counter() - started
