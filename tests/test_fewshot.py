@@ -206,6 +206,14 @@ def test_fewshot_end_to_end_draws_shots_from_training_images_only(tiny_voc: Path
     assert main(command) == 0  # a re-run reuses every stage
     document = json.loads((out / "fewshot.json").read_text())
     assert len(document["reused"]) == 2 + 1 + 1 + 3 * 2 * 2
+    content = yaml.safe_load(recipe.read_text())
+    content["extension"]["train_discriminator"] = True
+    recipe.write_text(yaml.safe_dump(content))
+    assert main(command) == 0  # a CaGNet-only change re-runs CaGNet's stages only
+    reused = json.loads((out / "fewshot.json").read_text())["reused"]
+    assert not any(name.startswith("cagnet_k") for name in reused)
+    assert sum(name.startswith(("pixel_classifier", "synthesised_labels")) for name in reused) \
+        == 2 * 2 * 2
     with pytest.raises(DataError, match="img_000"):
         check_training_only(["img_001", "img_000"], ["img_000"])
 

@@ -175,10 +175,13 @@ class FewShotExperiment:
         """One method at one K and draw (K = 0: CaGNet's zero-shot extension): run (or reuse)
         it and evaluate."""
         shots = self.shots(count, draw)
+        # Each method's own settings only: a CaGNet-only change leaves the baselines' stages
+        # reusable (they share the extension's replayed pixels, nothing else of it).
+        settings = {"extension": dataclasses.asdict(self.recipe.extension)} \
+            if method == "cagnet" else {"pixel_classifier": dataclasses.asdict(self.recipe.pixels),
+                                        "replay_images": self.recipe.extension.replay_images}
         signature = {"method": method, "shots": [name for name, _, _ in shots], "draw": draw,
-                     "extension": dataclasses.asdict(self.recipe.extension),
-                     "pixel_classifier": dataclasses.asdict(self.recipe.pixels),
-                     "classes": self.split.model_class_names,
+                     **settings, "classes": self.split.model_class_names,
                      "data": dataclasses.asdict(self.config.data),
                      "eval": dataclasses.asdict(self.config.eval)}
         run_dir = self.pipeline.work / method / f"k{count}_draw{draw}"
