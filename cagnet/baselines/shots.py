@@ -295,9 +295,9 @@ def extend_with_shots(loaded: LoadedModel, names: Sequence[str], rows: torch.Ten
     batch_size = settings.batch_size or config.train.batch_size
     unseen_rate = config.train.gen_unseen_rate if settings.unseen_rate is None \
         else settings.unseen_rate
-    excluded = () if settings.generate_shot_classes or pool is None else tuple(
-        index for index in range(summary["classes_before"], model.num_classes)
-        if bool((pool.labels == index).any()))
+    excluded = () if settings.generate_shot_classes else tuple(
+        summary["classes_before"] + index for index, name in enumerate(names)
+        if name in summary.get("real_pixels_per_class", {}))
     if excluded:
         summary["not_generated"] = [class_names[index] for index in excluded]
     draw = LabelDraw(batch_size, grid, unseen_rate, torch.Generator(), excluded)
