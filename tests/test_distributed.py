@@ -199,3 +199,49 @@ def test_torchrun_with_two_processes_matches_one_process(tmp_path: Path):
     _assert_same_run(tmp_path / "single_step1", tmp_path / "multi_step1")
     _assert_same_run(tmp_path / "single_finetune", tmp_path / "multi_finetune")
     assert any("step2_cls_fake" in record for record in _records(tmp_path / "multi_finetune"))
+
+
+LEAVE_GROUP_SCRIPT = """
+import os, sys
+import torch
+import torch.distributed as dist
+from cagnet.utils import distributed
+
+distributed.initialize(torch.device("cpu"))
+torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)  # imports torch._dynamo lazily
+distributed.sum_across_processes(torch.ones(3))
+distributed.cleanup()
+import torch.distributed.nn.functional as collectives
+held = [name for name in ("all_reduce", "broadcast", "all_gather")
+        if any(isinstance(value, dist.ProcessGroup)
+               for value in getattr(collectives, name).__defaults__ or ())]
+native_threads = len(os.listdir("/proc/self/task")) if os.path.isdir("/proc/self/task") else -1
+print(f"rank {os.environ['RANK']} held={held} threads={native_threads}", flush=True)
+sys.exit(1 if held else 0)
+"""
+
+
+@pytest.mark.skipif(os.environ.get("CAGNET_SKIP_DISTRIBUTED") == "1",
+                    reason="CAGNET_SKIP_DISTRIBUTED=1")
+def test_leaving_the_process_group_frees_it(tmp_path: Path):
+    """Nothing keeps the gloo group alive after `cleanup` (torch functions bound to it as
+    default arguments did): its worker threads must end before interpreter shutdown, else one
+    can abort the process at exit (SIGABRT) after a run that succeeded."""
+    port = _free_port()
+    if port is None:
+        pytest.skip("cannot open a local TCP socket for the gloo process group")
+    script = tmp_path / "leave_group.py"
+    script.write_text(LEAVE_GROUP_SCRIPT)
+    command = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1",
+               "--nproc_per_node=2", "--master_addr=127.0.0.1", f"--master_port={port}",
+               str(script)]
+    environment = {**os.environ, "OMP_NUM_THREADS": "1",
+                   "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1]),
+                                                  os.environ.get("PYTHONPATH", "")])}
+    result = subprocess.run(command, cwd=tmp_path, env=environment, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    for line in result.stdout.splitlines():
+        if line.startswith("rank "):  # one thread left: the main one (gloo's are gone)
+            threads = int(line.rsplit("threads=", 1)[1])
+            assert threads in (-1, 1), line

@@ -65,6 +65,14 @@ def initialize(device: torch.device) -> DistributedContext:
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
     if not dist.is_initialized():
+        # On first import, torch.distributed.nn.functional stores the default group in its
+        # functions' default arguments, and torch imports it lazily (torch._dynamo, reached
+        # from the first optimiser). Imported after the group exists, it keeps the group alive
+        # past destroy_process_group(): gloo's worker threads then live into interpreter
+        # shutdown, and one releasing a finished collective's tensors aborts the process
+        # ("terminate called without an active exception", SIGABRT). Imported first, those
+        # defaults stay None.
+        import torch.distributed.nn.functional  # noqa: F401
         dist.init_process_group(backend, rank=rank, world_size=world_size)
         atexit.register(cleanup)  # also on error paths; leaving the group is not collective
     if rank != 0:  # progress messages once (from rank 0); warnings and errors from every rank
