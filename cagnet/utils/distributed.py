@@ -7,6 +7,7 @@ rank, differentiably: each rank computes the global loss and gradient shares are
 per-sample random draws (latent noise, dropout) differ from one process (per-rank seeds)."""
 
 import atexit
+import importlib
 import logging
 import os
 from dataclasses import dataclass, field
@@ -72,7 +73,7 @@ def initialize(device: torch.device) -> DistributedContext:
         # shutdown, and one releasing a finished collective's tensors aborts the process
         # ("terminate called without an active exception", SIGABRT). Imported first, those
         # defaults stay None.
-        import torch.distributed.nn.functional  # noqa: F401
+        importlib.import_module("torch.distributed.nn.functional")
         dist.init_process_group(backend, rank=rank, world_size=world_size)
         atexit.register(cleanup)  # also on error paths; leaving the group is not collective
     if rank != 0:  # progress messages once (from rank 0); warnings and errors from every rank
