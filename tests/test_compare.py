@@ -4,6 +4,7 @@ the compare recipe's checks, and the shipped compare recipes."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -67,10 +68,17 @@ def test_compare_end_to_end(tiny_voc: Path, tmp_path: Path) -> None:
     protocol = json.loads((out / "compare" / "zs3net_st" / "zs3net" / "metrics.json")
                           .read_text())["protocol"]
     assert "pseudo-labelled" in protocol["unseen_training_pixels"]
-    # A second run reuses every finished stage.
+    # A second run reuses every finished stage, and so does a run on a copy of the folder
+    # (new modification times): the copy's own checkpoints, never the original's.
     assert main(["compare", "--config", str(recipe), "--output-dir", str(out)]) == 0
     stages = json.loads((out / "compare.json").read_text())["comparison"]["stages"]
     assert all(stage["reused"] for stage in stages.values())
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy, copy_function=shutil.copy)
+    assert main(["compare", "--config", str(recipe), "--output-dir", str(copy)]) == 0
+    document = json.loads((copy / "compare.json").read_text())
+    assert all(stage["reused"] for stage in document["comparison"]["stages"].values())
+    assert all(Path(document[method]["checkpoint"]).is_relative_to(copy) for method in METHODS)
 
 
 def test_a_stage_stopped_half_way_is_run_again(tmp_path: Path) -> None:

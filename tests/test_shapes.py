@@ -201,6 +201,35 @@ def test_pretraining_is_reproducible(benchmark: tuple[Path, dict], tmp_path: Pat
         torch.testing.assert_close(value, states[1][key], rtol=0, atol=0, msg=key)
 
 
+def test_pretrained_init_survives_copying_its_output_folder(benchmark: tuple[Path, dict],
+                                                           tmp_path: Path, monkeypatch) -> None:
+    """`cagnet demo` / compare keep the corpus in <out>/shapes and the init in <out>/pretrain: a
+    copy of <out> (new paths, new modification times) reuses the copy's init, trains nothing."""
+    import shutil
+
+    from cagnet.config import load_config
+    from cagnet.datasets.build import PROJECT_ROOT
+    from cagnet.engine import pretrain as pretraining
+
+    root, _ = benchmark
+    out = tmp_path / "out"
+    shutil.copytree(root / "pretrain", out / "shapes" / "pretrain")
+
+    def config(folder: Path):
+        return load_config(PROJECT_ROOT / "experiments" / "shapes.yaml", [
+            f"data.root={root}", f"pretrain.corpus={folder / 'shapes' / 'pretrain'}",
+            "pretrain.iterations=2", "pretrain.batch_size=4", "pretrain.image_size=32",
+            "pretrain.include_aspp=false", "model.base_width=4"])
+
+    first = pretraining.pretrained_init(config(out), out / "pretrain", show_progress=False)
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy, copy_function=shutil.copy)
+    monkeypatch.setattr(pretraining, "pretrain", lambda *args, **kwargs: pytest.fail("re-ran"))
+    assert pretraining.pretrained_init(config(copy), copy / "pretrain", show_progress=False) \
+        == copy / "pretrain" / first.name
+    assert pretraining.pretrained_init(config(out), out / "pretrain", show_progress=False) == first
+
+
 def test_embedding_transfer_statistics_by_hand() -> None:
     matrix = np.array([[5.0, 5.0, 5.0],   # row 0, background: not in the seen span
                        [2.0, 0.0, 0.0],   # seen

@@ -14,7 +14,7 @@ from cagnet.datasets.corpus import augment, read_corpus
 from cagnet.engine import loop
 from cagnet.engine.schedules import warmup_cosine_lr
 from cagnet.errors import ConfigError
-from cagnet.utils.io import atomic_torch_save, atomic_write_json
+from cagnet.utils.io import atomic_torch_save, atomic_write_json, relocatable
 from cagnet.utils.runtime import RunLog, apply_run_settings, resolve_device
 
 LOGGER = logging.getLogger("cagnet")
@@ -172,6 +172,9 @@ def pretrained_init(config: Config, run_dir: Path, show_progress: bool = True) -
     values = config_to_dict(config)
     signature = {"model": values["model"], "pretrain": values["pretrain"],
                  "seed": config.train.seed}
+    # A corpus beside the run folder (`cagnet demo`, compare: <out>/shapes/pretrain) is recorded
+    # relative to their common folder, so a moved or copied output folder keeps its init.
+    signature = relocatable(json.loads(json.dumps(signature)), str(Path(run_dir).resolve().parent))
     path, signature_file = run_dir / INIT_FILE, run_dir / "settings.json"
     if path.is_file() and signature_file.is_file() \
             and json.loads(signature_file.read_text()) == signature:

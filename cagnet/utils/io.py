@@ -70,3 +70,18 @@ def _nan_to_none(obj: Any) -> Any:
     if isinstance(obj, (list, tuple)):
         return [_nan_to_none(value) for value in obj]
     return obj
+
+
+OUTPUT_DIR_MARK = "<output-dir>"
+
+
+def relocatable(value: Any, root: str) -> Any:
+    """JSON-like `value` with every occurrence of the absolute folder path `root` in its strings
+    written as `<output-dir>`: a cache signature that survives moving or copying the folder."""
+    if isinstance(value, dict):
+        return {key: relocatable(item, root) for key, item in value.items()}
+    if isinstance(value, list):
+        return [relocatable(item, root) for item in value]
+    if isinstance(value, str):
+        return value.replace(root, OUTPUT_DIR_MARK)
+    return value

@@ -1,9 +1,11 @@
 """`cagnet compare`: `ComparePipeline` holds the recipe, the stage configs and the stages, each
-cached in its run folder by `stage.json` (signature: the resolved config and path, size and
-mtime of every input file; an unchanged signature whose checkpoint exists is reused; code
-changes are not seen: use `--fresh`). `methods.py` runs each method's stages, `run.py` orders
-them and writes the table."""
+cached in its run folder by `stage.json` (signature: the resolved config and the path, size and
+SHA-256 of every input file, with paths inside the output folder written relative to it, so a
+moved or copied folder keeps its stages; an unchanged signature whose checkpoint exists is
+reused; code changes are not seen: use `--fresh`). `methods.py` runs each method's stages,
+`run.py` orders them and writes the table."""
 
+import hashlib
 import json
 import logging
 import shutil
@@ -17,7 +19,7 @@ from cagnet.config import Config, config_to_dict, load_config
 from cagnet.datasets.shapes import prepare_shapes
 from cagnet.engine.pretrain import pretrained_init
 from cagnet.report.tables import write_report
-from cagnet.utils.io import atomic_write_json
+from cagnet.utils.io import OUTPUT_DIR_MARK, atomic_write_json, relocatable
 
 LOGGER = logging.getLogger("cagnet")
 SCORE_KEYS = ("hiou", "miou", "miou_seen", "miou_unseen", "pixel_acc", "mean_acc", "zsl_miou",
@@ -37,11 +39,13 @@ class StageOutcome:
     details: dict = field(default_factory=dict)
 
 
-def fingerprint(path: str | Path) -> dict:
-    """Identity of an input file: path, size and modification time (ns)."""
-    status = Path(path).stat()
-    return {"path": str(Path(path).resolve()), "size": status.st_size,
-            "mtime_ns": status.st_mtime_ns}
+def file_digest(path: Path) -> str:
+    """SHA-256 of a file's content, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 class ComparePipeline:
@@ -54,6 +58,19 @@ class ComparePipeline:
         self.cli_overrides, self.fresh, self.show_progress = list(overrides), fresh, show_progress
         self.paths: list[str] = []
         self.outcomes: dict[str, StageOutcome] = {}
+        self.root = str(self.output_dir.resolve())
+        self._digests: dict[tuple[str, int, int], str] = {}  # (path, size, mtime) -> SHA-256
+
+    def fingerprint(self, path: str | Path) -> dict:
+        """Identity of an input file: its path (`<output-dir>/...` inside the output folder),
+        size and SHA-256 (computed once per path, size and modification time)."""
+        resolved = Path(path).resolve()
+        status = resolved.stat()
+        key = (str(resolved), status.st_size, status.st_mtime_ns)
+        if key not in self._digests:
+            self._digests[key] = file_digest(resolved)
+        return {"path": relocatable(str(resolved), self.root), "size": status.st_size,
+                "sha256": self._digests[key]}
 
     def config(self, stage: str, *fixed: str) -> Config:
         """The stage's recipe with the benchmark paths, the recipe's and the stage's overrides,
@@ -67,15 +84,16 @@ class ComparePipeline:
         """Run `action` (-> checkpoint, scores, details) unless `run_dir/stage.json` holds the
         same signature (`config`, `inputs`) and its checkpoint exists; record the outcome."""
         signature = {"config": config_to_dict(config) if isinstance(config, Config) else config,
-                     "inputs": {key: fingerprint(path) for key, path in inputs.items()}}
-        signature = json.loads(json.dumps(signature))  # tuples -> lists, keys -> str: as read back
+                     "inputs": {key: self.fingerprint(path) for key, path in inputs.items()}}
+        # tuples -> lists, keys -> str: as read back; the output folder's own paths relative
+        signature = relocatable(json.loads(json.dumps(signature)), self.root)
         record_path, record = run_dir / "stage.json", {}
         if not self.fresh and record_path.is_file():
             try:
                 record = json.loads(record_path.read_text(encoding="utf-8"))
             except (OSError, ValueError):
                 record = {}
-        checkpoint = Path(record.get("checkpoint", ""))
+        checkpoint = Path(record.get("checkpoint", "").replace(OUTPUT_DIR_MARK, self.root))
         if record.get("signature") == signature and checkpoint.is_file():
             LOGGER.info("compare: reusing stage %s from %s", name, run_dir)
             outcome = StageOutcome(name, run_dir, checkpoint, record["scores"],
@@ -91,7 +109,8 @@ class ComparePipeline:
             seconds = time.perf_counter() - started
             scores = {key: value for key, value in scores.items() if not isinstance(value, dict)}
             atomic_write_json(record_path, {"stage": name, "signature": signature,
-                                            "checkpoint": str(checkpoint), "scores": scores,
+                                            "checkpoint": relocatable(str(Path(checkpoint).resolve()), self.root),
+                                            "scores": scores,
                                             "seconds": seconds, "details": details})
             outcome = StageOutcome(name, run_dir, Path(checkpoint), scores, seconds, False, details)
         self.outcomes[name] = outcome
