@@ -240,3 +240,25 @@ def test_new_subcommand_help_shows_an_example(capsys) -> None:
             main([command, "--help"])
         assert "--shots" in capsys.readouterr().out.split("examples:")[1]
     assert main(["fewshot", "--shots", "1,x"]) == 2
+
+
+def test_fewshot_command_finds_installed_recipes_by_name(tmp_path: Path, monkeypatch,
+                                                        capsys) -> None:
+    """The README's `cagnet fewshot --config shapes_fewshot` (a name, as `compare` takes)."""
+    import cagnet.baselines.fewshot as fewshot
+
+    recipes = []
+
+    def record(recipe: Path, output_dir: Path, *settings) -> None:
+        recipes.append(recipe)
+        output_dir.mkdir(parents=True, exist_ok=True)
+        (output_dir / "fewshot.md").write_text("table\n")
+
+    monkeypatch.setattr(fewshot, "run_fewshot", record)
+    for name in ("shapes_fewshot", "msrc_fewshot", "experiments/msrc_fewshot.yaml"):
+        assert main(["fewshot", "--config", name, "--output-dir", str(tmp_path)]) == 0
+    assert [path.resolve() for path in recipes] == [
+        (REPOSITORY / "experiments" / f"{name}.yaml").resolve()
+        for name in ("shapes_fewshot", "msrc_fewshot", "msrc_fewshot")]
+    assert main(["fewshot", "--config", "no_such_recipe", "--output-dir", str(tmp_path)]) == 2
+    assert "no_such_recipe" in capsys.readouterr().err

@@ -9,7 +9,7 @@ EXAMPLES = """
 # the README's walkthrough: a shapes model trained without "plain yellow", which is then added
 # from K = 0, 1, 2 and 5 labelled training images, 3 draws each (in the folder of `cagnet demo`
 # the benchmark and the pretrained trunk are reused):
-cagnet fewshot --config experiments/shapes_fewshot.yaml --shots 0,1,2,5 --draws 3 \\
+cagnet fewshot --config shapes_fewshot --shots 0,1,2,5 --draws 3 \\
     --output-dir runs/demo
 """
 
@@ -18,8 +18,9 @@ def add_parser(commands) -> None:
     parser = add_command(commands, "fewshot", "add classes from K labelled images: CaGNet's "
                          "extension, a pixel classifier and synthesised labels against K",
                          EXAMPLES, run)
-    parser.add_argument("--config", default="experiments/shapes_fewshot.yaml",
-                        help="few-shot recipe (default: experiments/shapes_fewshot.yaml)")
+    parser.add_argument("--config", default="shapes_fewshot",
+                        help="few-shot recipe: an installed recipe's name (`cagnet recipes`) "
+                             "or a YAML file (default: shapes_fewshot)")
     parser.add_argument("--shots", default="0,1,2,5", help="the values of K (default 0,1,2,5)")
     parser.add_argument("--draws", type=int, default=3, help="draws of shot images per K")
     parser.add_argument("--output-dir", default="runs/fewshot", help="output folder")
@@ -31,7 +32,7 @@ def run(arguments: argparse.Namespace) -> int:
     from pathlib import Path
 
     from cagnet.baselines.fewshot import run_fewshot
-    from cagnet.datasets.build import PROJECT_ROOT
+    from cagnet.config import find_recipe
     try:
         shots = sorted({int(value) for value in arguments.shots.split(",")})
     except ValueError:
@@ -39,10 +40,7 @@ def run(arguments: argparse.Namespace) -> int:
     if shots[0] < 0 or arguments.draws < 1:
         raise CagnetError(f"--shots {arguments.shots!r} / --draws {arguments.draws}: expected "
                           "comma-separated integers >= 0 and at least one draw")
-    recipe = Path(arguments.config)
-    if not recipe.is_file() and not recipe.is_absolute() and (PROJECT_ROOT / recipe).is_file():
-        recipe = PROJECT_ROOT / recipe
-    run_fewshot(recipe, Path(arguments.output_dir), shots, arguments.draws, arguments.overrides,
-                arguments.fresh)
+    run_fewshot(find_recipe(arguments.config), Path(arguments.output_dir), shots, arguments.draws,
+                arguments.overrides, arguments.fresh)
     print((Path(arguments.output_dir) / "fewshot.md").read_text(encoding="utf-8"))
     return 0
