@@ -37,7 +37,7 @@ def _tiny_recipe(root: Path, path: Path) -> Path:
     return path
 
 
-def test_compare_end_to_end(tiny_voc: Path, tmp_path: Path) -> None:
+def test_compare_end_to_end(tiny_voc: Path, tmp_path: Path, monkeypatch) -> None:
     recipe = _tiny_recipe(tiny_voc, tmp_path / "compare.yaml")
     out = tmp_path / "out"
     assert main(["compare", "--config", str(recipe), "--output-dir", str(out)]) == 0
@@ -75,7 +75,8 @@ def test_compare_end_to_end(tiny_voc: Path, tmp_path: Path) -> None:
     assert all(stage["reused"] for stage in stages.values())
     copy = tmp_path / "copy"
     shutil.copytree(out, copy, copy_function=shutil.copy)
-    assert main(["compare", "--config", str(recipe), "--output-dir", str(copy)]) == 0
+    monkeypatch.chdir(tmp_path)  # and named relative to the working directory
+    assert main(["compare", "--config", str(recipe), "--output-dir", "copy"]) == 0
     document = json.loads((copy / "compare.json").read_text())
     assert all(stage["reused"] for stage in document["comparison"]["stages"].values())
     assert all(Path(document[method]["checkpoint"]).is_relative_to(copy) for method in METHODS)

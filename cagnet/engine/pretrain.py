@@ -174,7 +174,8 @@ def pretrained_init(config: Config, run_dir: Path, show_progress: bool = True) -
                  "seed": config.train.seed}
     # A corpus beside the run folder (`cagnet demo`, compare: <out>/shapes/pretrain) is recorded
     # relative to their common folder, so a moved or copied output folder keeps its init.
-    signature = relocatable(json.loads(json.dumps(signature)), str(Path(run_dir).resolve().parent))
+    folder = str(Path(run_dir).resolve().parent)
+    signature = relocatable(json.loads(json.dumps(signature)), folder)
     path, signature_file = run_dir / INIT_FILE, run_dir / "settings.json"
     if path.is_file() and signature_file.is_file() \
             and json.loads(signature_file.read_text()) == signature:

@@ -53,12 +53,12 @@ class ComparePipeline:
 
     def __init__(self, recipe: CompareRecipe, output_dir: Path, overrides: Sequence[str] = (),
                  fresh: bool = False, show_progress: bool = True) -> None:
-        self.recipe, self.output_dir = recipe, Path(output_dir)
+        self.recipe, self.output_dir = recipe, Path(output_dir).resolve()  # absolute: relocatable
         self.work = self.output_dir / "compare"
         self.cli_overrides, self.fresh, self.show_progress = list(overrides), fresh, show_progress
         self.paths: list[str] = []
         self.outcomes: dict[str, StageOutcome] = {}
-        self.root = str(self.output_dir.resolve())
+        self.root = str(self.output_dir)
         self._digests: dict[tuple[str, int, int], str] = {}  # (path, size, mtime) -> SHA-256
 
     def fingerprint(self, path: str | Path) -> dict:
@@ -108,9 +108,9 @@ class ComparePipeline:
             checkpoint, scores, details = action()
             seconds = time.perf_counter() - started
             scores = {key: value for key, value in scores.items() if not isinstance(value, dict)}
+            stored = relocatable(str(Path(checkpoint).resolve()), self.root)
             atomic_write_json(record_path, {"stage": name, "signature": signature,
-                                            "checkpoint": relocatable(str(Path(checkpoint).resolve()), self.root),
-                                            "scores": scores,
+                                            "checkpoint": stored, "scores": scores,
                                             "seconds": seconds, "details": details})
             outcome = StageOutcome(name, run_dir, Path(checkpoint), scores, seconds, False, details)
         self.outcomes[name] = outcome
