@@ -5,7 +5,6 @@ moved or copied folder keeps its stages; an unchanged signature whose checkpoint
 reused; code changes are not seen: use `--fresh`). `methods.py` runs each method's stages,
 `run.py` orders them and writes the table."""
 
-import hashlib
 import json
 import logging
 import shutil
@@ -15,6 +14,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from cagnet.baselines.compare.recipe import CompareRecipe
+from cagnet.class_embeddings import sha256_file
 from cagnet.config import Config, config_to_dict, load_config
 from cagnet.datasets.shapes import prepare_shapes
 from cagnet.engine.pretrain import pretrained_init
@@ -39,15 +39,6 @@ class StageOutcome:
     details: dict = field(default_factory=dict)
 
 
-def file_digest(path: Path) -> str:
-    """SHA-256 of a file's content, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 class ComparePipeline:
     """The stage configs and outcomes of one comparison (see the module docstring)."""
 
@@ -68,7 +59,7 @@ class ComparePipeline:
         status = resolved.stat()
         key = (str(resolved), status.st_size, status.st_mtime_ns)
         if key not in self._digests:
-            self._digests[key] = file_digest(resolved)
+            self._digests[key] = sha256_file(resolved)
         return {"path": relocatable(str(resolved), self.root), "size": status.st_size,
                 "sha256": self._digests[key]}
 
