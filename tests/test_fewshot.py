@@ -15,6 +15,7 @@ import yaml
 from PIL import Image
 
 from cagnet.baselines.fewshot import check_training_only, read_fewshot_recipe
+from cagnet.baselines.shot_network import NetworkFinetune, shot_batch_size
 from cagnet.baselines.shots import (PixelSettings, add_unseen_classes, ensemble_labels,
                                     frozen_maps, pool_of, read_shots, synthesise_labels,
                                     train_pixel_classifier)
@@ -62,18 +63,19 @@ def base_run(tmp_path_factory):
 def test_shots_folder_is_read_and_checked(base_run, tmp_path: Path) -> None:
     _, root, _, _, shots = base_run
     classes = ["red circle", "blue circle", "red square", "blue square"]
-    read = read_shots(shots, classes, [104.0, 117.0, 123.0], 41)
-    assert [name for name, _, _ in read] == ["img_000", "img_001"]
-    _, image, labels = read[0]
+    read = read_shots(shots, classes)
+    assert [shot.name for shot in read] == ["img_000", "img_001"]
+    assert read[0].image.shape == (40, 48, 3) and read[0].labels.shape == (40, 48)
+    image, labels = read[0].warped([104.0, 117.0, 123.0], 41)
     assert image.shape == (3, 41, 41) and labels.shape == (40, 48)
     assert set(labels.unique().tolist()) == {0, 3, 255}  # red circle, blue square, unlabelled
     with pytest.raises(DataError, match=r"\['blue square'\] are neither"):
         read_shots(write_shots(tmp_path / "bad", root, ["img_000"], ["blue square"]),
-                   ["red circle"], [0, 0, 0], 41)
+                   ["red circle"])
     stray = write_shots(tmp_path / "stray", root, ["img_000"], ["blue square"])
     Image.fromarray(np.full((40, 48), 7, np.uint8), mode="L").save(stray / "masks" / "img_000.png")
     with pytest.raises(DataError, match=r"values \[7\]"):
-        read_shots(stray, classes, [0, 0, 0], 41)
+        read_shots(stray, classes)
 
 
 def test_extend_with_shots_uses_them(base_run, tmp_path: Path, capsys) -> None:
@@ -129,6 +131,56 @@ def test_shot_classes_can_learn_from_their_pixels_alone(base_run, tmp_path: Path
                            real["discriminator.classifier.weight"])
 
 
+def test_network_iterations_train_the_whole_network_on_shots(base_run, tmp_path: Path,
+                                                             capsys) -> None:
+    _, _, checkpoint, words, shots = base_run
+    common = ["extend", "--checkpoint", str(checkpoint), "--add-classes", "blue square",
+              "--word-vectors", str(words), "--iterations", "2", "--device", "cpu"]
+    assert main(common + ["--out", str(tmp_path / "frozen.pt"), "--shots", str(shots)]) == 0
+    assert main(common + ["--out", str(tmp_path / "trained.pt"), "--shots", str(shots),
+                          "--network-iterations", "3"]) == 0
+    frozen, trained = (load_model(tmp_path / name).model.state_dict()
+                       for name in ("frozen.pt", "trained.pt"))
+    changed = {key.split(".")[0] for key in frozen if not torch.equal(frozen[key], trained[key])}
+    assert {"backbone", "context", "generator", "discriminator"} <= changed
+    summary = load_checkpoint(tmp_path / "trained.pt")["extra"]["extension"]
+    assert summary["network"]["iterations"] == 3 and summary["network"]["shot_crops_per_batch"] == 1
+    assert np.isfinite(summary["network"]["cls_real_last"])
+    # without shots there is nothing to train the network on: today's zero-shot extension
+    assert main(common + ["--out", str(tmp_path / "zero.pt")]) == 0
+    assert main(common + ["--out", str(tmp_path / "zero_net.pt"),
+                          "--network-iterations", "3"]) == 0
+    zero, zero_net = (load_model(tmp_path / name).model.state_dict()
+                      for name in ("zero.pt", "zero_net.pt"))
+    assert all(torch.equal(zero[key], zero_net[key]) for key in zero)
+    capsys.readouterr()
+    assert main(common + ["--out", str(tmp_path / "x.pt"), "--shots", str(shots),
+                          "--network-iterations", "3", "--shot-share", "0"]) == 2
+    assert "--shot-share" in capsys.readouterr().err and not (tmp_path / "x.pt").exists()
+
+
+def test_network_batches_label_new_classes_only_in_shot_crops(base_run) -> None:
+    _, root, checkpoint, _, shots = base_run
+    loaded = load_model(checkpoint)
+    classes = loaded.class_names + ["blue square"]
+    add_unseen_classes(loaded.model, torch.tensor([[0.0, 0.7, 0.0, 0.7]]))
+    config = load_config(None, tiny_config_overrides(root) + ["train.batch_size=4"])
+    full = build_split(config)  # blue square unseen: hidden in training labels
+    training = build_dataset(config.data, full, 0, "train")
+    shot_images = read_shots(shots, classes)
+    method = NetworkFinetune(loaded.model, config, shot_images, training, 5, 0.5, 0, CPU)
+    assert method.from_shots == 2 and shot_batch_size(8, 0.01) == 1 \
+        and shot_batch_size(2, 1.0) == 2
+    seen_new = False
+    for iteration in range(6):
+        images, labels = method.batch(iteration)
+        assert images.shape == (4, 3, 33, 33) and labels.shape == (4, 33, 33)
+        assert not (labels[2:] == 3).any()  # training crops: blue square is never labelled
+        seen_new |= bool((labels[:2] == 3).any())
+    assert seen_new  # the shots' blue square is
+    assert all(torch.equal(a, b) for a, b in zip(method.batch(4), method.batch(4)))
+
+
 def test_step2_labels_never_draw_excluded_classes() -> None:
     def draw(*excluded: int) -> torch.Tensor:
         return sample_step2_labels(4, 9, 9, 3, 3, 2.0, torch.Generator().manual_seed(0), excluded)
@@ -142,8 +194,8 @@ def test_both_baselines_train_and_label(base_run) -> None:
     loaded = load_model(checkpoint)
     model = loaded.model
     classes = loaded.class_names + ["blue square"]
-    maps = [frozen_maps(model, image, labels, CPU)[::2]
-            for _, image, labels in read_shots(shots, classes, [104.0, 117.0, 123.0], 41)]
+    maps = [frozen_maps(model, *shot.warped([104.0, 117.0, 123.0], 41), CPU)[::2]
+            for shot in read_shots(shots, classes)]
     pool = pool_of(maps)
     assert set(pool.labels.tolist()) == {0, 3}
     add_unseen_classes(model, torch.tensor([[0.0, 0.7, 0.0, 0.7]]))
@@ -177,6 +229,7 @@ def _tiny_recipe(root: Path, path: Path) -> Path:
         "overrides": tiny_config_overrides(root) + ["train.mixed_period=1"],
         "supervised": ["train.iterations=2"],
         "extension": {"iterations": 3, "replay_images": 2},
+        "network": {"iterations": 2, "shot_share": 0.5},
         "pixel_classifier": {"iterations": 3, "ensemble": 2, "label_images": 2,
                              "pixels_per_image": 20}}))
     return path
@@ -191,6 +244,9 @@ def test_fewshot_end_to_end_draws_shots_from_training_images_only(tiny_voc: Path
     document = json.loads((out / "fewshot.json").read_text())
     assert list(document["methods"]["cagnet"]) == ["0", "1", "2"]
     assert list(document["methods"]["pixel_classifier"]) == ["1", "2"]
+    assert list(document["methods"]["cagnet_network"]) == ["1", "2"]
+    network = document["methods"]["cagnet_network"]["2"]["details"][0]["network"]
+    assert network["iterations"] == 2
     for entry in document["methods"]["synthesised_labels"].values():
         assert len(entry["new_iou"]["values"]) == 2 and entry["details"][0]["synthesised_labels"]
     assert document["references"]["supervised"] is not None
@@ -205,13 +261,13 @@ def test_fewshot_end_to_end_draws_shots_from_training_images_only(tiny_voc: Path
         (out / "fewshot.md").read_text()
     assert main(command) == 0  # a re-run reuses every stage
     document = json.loads((out / "fewshot.json").read_text())
-    assert len(document["reused"]) == 2 + 1 + 1 + 3 * 2 * 2
+    assert len(document["reused"]) == 2 + 1 + 1 + 4 * 2 * 2
     content = yaml.safe_load(recipe.read_text())
     content["extension"]["train_discriminator"] = True
     recipe.write_text(yaml.safe_dump(content))
     assert main(command) == 0  # a CaGNet-only change re-runs CaGNet's stages only
     reused = json.loads((out / "fewshot.json").read_text())["reused"]
-    assert not any(name.startswith("cagnet_k") for name in reused)
+    assert not any(name.startswith(("cagnet_k", "cagnet_network_k")) for name in reused)
     assert sum(name.startswith(("pixel_classifier", "synthesised_labels")) for name in reused) \
         == 2 * 2 * 2
     with pytest.raises(DataError, match="img_000"):
@@ -224,6 +280,8 @@ def test_fewshot_recipe_errors_name_the_key(tmp_path: Path) -> None:
             "add_classes": ["cow"]}
     cases = [({**base, "shot": 1}, "shot"), ({**base, "add_classes": "cow"}, "add_classes"),
              ({**base, "extension": {"iters": 3}}, "iters"),
+             ({**base, "extension": {"network_iterations": 3}}, "network_iterations"),
+             ({**base, "network": {"iterations": "many"}}, "iterations"),
              ({**base, "pixel_classifier": {"ensemble": "two"}}, "ensemble")]
     for index, (content, key) in enumerate(cases):
         path = tmp_path / f"recipe{index}.yaml"

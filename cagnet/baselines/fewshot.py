@@ -17,7 +17,8 @@ from cagnet.baselines.compare import methods
 from cagnet.baselines.compare.pipeline import ComparePipeline
 from cagnet.baselines.compare.recipe import (CompareRecipe, StageRecipe, _recipe_file,
                                              _string_list, read_mapping)
-from cagnet.baselines.shots import (ExtensionSettings, PixelSettings, add_unseen_classes,
+from cagnet.baselines.shots import (ExtensionSettings, PixelSettings, ShotImage,
+                                    add_unseen_classes,
                                     extend_with_shots, finetune_classifier, frozen_maps,
                                     merge_pools, pool_of, replay_pool, synthesise_labels,
                                     train_pixel_classifier)
@@ -33,10 +34,10 @@ from cagnet.report.pictures import write_png
 from cagnet.utils.io import atomic_write_json, atomic_write_text
 from cagnet.utils.runtime import resolve_device
 
-METHODS = {"cagnet": "CaGNet extension", "pixel_classifier": "pixel classifier",
-           "synthesised_labels": "synthesised labels"}
+METHODS = {"cagnet": "CaGNet extension", "cagnet_network": "CaGNet extension, network trained",
+           "pixel_classifier": "pixel classifier", "synthesised_labels": "synthesised labels"}
 KEYS = ("step1", "finetune", "add_classes", "shapes_benchmark", "benchmark_seed", "seed",
-        "overrides", "supervised", "extension", "pixel_classifier")
+        "overrides", "supervised", "extension", "network", "pixel_classifier")
 
 
 @dataclasses.dataclass
@@ -46,7 +47,8 @@ class FewShotRecipe:
     add_classes: list[str]
     seed: int
     supervised: bool
-    extension: ExtensionSettings
+    extension: ExtensionSettings  # the frozen network's
+    network: ExtensionSettings | None  # "network trained": `extension` plus `network`'s keys
     pixels: PixelSettings
 
 
@@ -80,10 +82,25 @@ def read_fewshot_recipe(path: str | Path) -> FewShotRecipe:
                                                             f"{path}: supervised"))}
     compare = CompareRecipe(path, bool(content.get("shapes_benchmark")), numbers[0], "",
                             _string_list(content.get("overrides"), f"{path}: overrides"), stages)
+    extension = _settings(ExtensionSettings, content.get("extension"), f"{path}: extension")
+    if extension.network_iterations:
+        raise ConfigError(f"{path}: extension: network_iterations belongs under network: "
+                          "{iterations: N, shot_share: F} (its own row of the table)")
+    network = _settings(NetworkSettings, content.get("network"), f"{path}: network")
     return FewShotRecipe(
-        path, compare, names, numbers[1], supervised is not False,
-        _settings(ExtensionSettings, content.get("extension"), f"{path}: extension"),
+        path, compare, names, numbers[1], supervised is not False, extension,
+        dataclasses.replace(extension, network_iterations=network.iterations,
+                            shot_share=network.shot_share) if network.iterations else None,
         _settings(PixelSettings, content.get("pixel_classifier"), f"{path}: pixel_classifier"))
+
+
+@dataclasses.dataclass
+class NetworkSettings:
+    """The recipe's `network`: step-1 iterations of the whole network on shot and training
+    crops before the extension (0: no "network trained" row)."""
+
+    iterations: int = 0
+    shot_share: float = 0.25
 
 
 def check_training_only(shot_ids: Sequence[str], test_ids: Sequence[str]) -> None:
@@ -156,10 +173,10 @@ class FewShotExperiment:
         ious = methods.train_stage(self.pipeline, "supervised", config).scores["iou"]
         return _statistics(ious[self.base.num_seen:split.num_seen])["mean"]
 
-    def shots(self, count: int, draw: int) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
+    def shots(self, count: int, draw: int) -> list[ShotImage]:
         """K training images holding an added class (the first K of draw d's permutation, so
-        draws are nested) in `read_shots` form: seen and added classes labelled, the base
-        model's unseen classes 255 (they stay zero-shot)."""
+        draws are nested): seen and added classes labelled, the base model's unseen classes 255
+        (they stay zero-shot)."""
         if count > len(self.candidates):
             raise ConfigError(f"--shots {count}: only {len(self.candidates)} training images "
                               f"hold {self.recipe.add_classes}")
@@ -168,8 +185,8 @@ class FewShotExperiment:
         check_training_only([self.train_set.ids[i] for i in indices], self.loader.dataset.ids)
         lookup = self.split.test_lookup()
         lookup[list(self.base.unseen_ids)] = 255
-        return [(self.train_set.ids[i], self.train_set[i]["image"], torch.from_numpy(
-            lookup[read_dataset_label(self.train_set, i)]).long()) for i in indices]
+        return [ShotImage(self.train_set.ids[i], image, lookup[label])
+                for i, (image, label) in zip(indices, map(self.train_set.read_raw, indices))]
 
     def stage(self, method: str, count: int, draw: int):
         """One method at one K and draw (K = 0: CaGNet's zero-shot extension): run (or reuse)
@@ -178,9 +195,11 @@ class FewShotExperiment:
         # Each method's own settings only: a CaGNet-only change leaves the baselines' stages
         # reusable (they share the extension's replayed pixels, nothing else of it).
         settings = {"extension": dataclasses.asdict(self.recipe.extension)} \
-            if method == "cagnet" else {"pixel_classifier": dataclasses.asdict(self.recipe.pixels),
-                                        "replay_images": self.recipe.extension.replay_images}
-        signature = {"method": method, "shots": [name for name, _, _ in shots], "draw": draw,
+            if method == "cagnet" else {"extension": dataclasses.asdict(self.recipe.network)} \
+            if method == "cagnet_network" else {
+                "pixel_classifier": dataclasses.asdict(self.recipe.pixels),
+                "replay_images": self.recipe.extension.replay_images}
+        signature = {"method": method, "shots": [shot.name for shot in shots], "draw": draw,
                      **settings, "classes": self.split.model_class_names,
                      "data": dataclasses.asdict(self.config.data),
                      "eval": dataclasses.asdict(self.config.eval)}
@@ -202,22 +221,36 @@ class FewShotExperiment:
                                    {"base": self.checkpoint}, action)
 
     def replay(self, model: torch.nn.Module):
-        """The seen classes' replayed pixels (computed once: the base network is frozen)."""
+        """The seen classes' replayed pixels through the base network (computed once: it is
+        frozen)."""
         if self._replay is None:
-            self._replay = replay_pool(model, self.train_set, self.recipe.extension.replay_images,
-                                       self.recipe.seed, self.device)
+            self._replay = self.replay_through(model)
         return self._replay
 
-    def _cagnet(self, loaded: LoadedModel, shots: list, draw: int) -> dict:
-        settings = dataclasses.replace(self.recipe.extension,
-                                       seed=self.recipe.extension.seed + draw)
+    def replay_through(self, model: torch.nn.Module):
+        return replay_pool(model, self.train_set, self.recipe.extension.replay_images,
+                           self.recipe.seed, self.device)
+
+    def _cagnet(self, loaded: LoadedModel, shots: list, draw: int,
+                settings: ExtensionSettings | None = None) -> dict:
+        settings = settings or self.recipe.extension
+        settings = dataclasses.replace(settings, seed=settings.seed + draw)
+        training = build_dataset(self.config.data, self.split, self.config.train.seed, "train") \
+            if settings.network_iterations else None
+        # a trained network changes the features: the replay is read through it
+        replay = self.replay_through if settings.network_iterations else self.replay
         summary = extend_with_shots(loaded, self.recipe.add_classes, self.rows, settings, shots,
-                                    self.replay(loaded.model) if shots else None)
-        return {"real_pixels": summary.get("real_pixels_per_class", {})}
+                                    replay if shots else None, training)
+        return {"real_pixels": summary.get("real_pixels_per_class", {}),
+                **({"network": summary["network"]} if "network" in summary else {})}
+
+    def _cagnet_network(self, loaded: LoadedModel, shots: list, draw: int) -> dict:
+        return self._cagnet(loaded, shots, draw, self.recipe.network)
 
     def _pool(self, loaded: LoadedModel, shots: list):
-        maps = [frozen_maps(loaded.model, image, labels, self.device)[::2]
-                for _, image, labels in shots]
+        maps = [frozen_maps(loaded.model, *shot.warped(self.config.data.mean_bgr,
+                                                       self.config.eval.warp_size), self.device)[::2]
+                for shot in shots]
         add_unseen_classes(loaded.model, self.rows.to(self.device))
         return merge_pools(pool_of(maps), self.replay(loaded.model))
 
@@ -232,7 +265,7 @@ class FewShotExperiment:
         ensemble = [train_pixel_classifier(model, pool, settings, draw * settings.ensemble + m,
                                            self.device) for m in range(settings.ensemble)]
         model.discriminator = segmenter
-        names = {name for name, _, _ in shots}
+        names = {shot.name for shot in shots}
         unlabelled = [i for i, name in enumerate(self.train_set.ids) if name not in names]
         order = np.random.default_rng([self.recipe.seed, draw, 1]).permutation(unlabelled)
         kept, diagnostics = synthesise_labels(
@@ -255,7 +288,8 @@ def run_fewshot(recipe_path: str | Path, output_dir: str | Path, shots: Sequence
     experiment = FewShotExperiment(recipe, pipeline)
     supervised, results = experiment.supervised_iou(), {method: {} for method in METHODS}
     for count in shots:
-        for method in METHODS if count else ["cagnet"]:
+        for method in [m for m in METHODS if m != "cagnet_network" or recipe.network] \
+                if count else ["cagnet"]:
             found = [experiment.stage(method, count, d) for d in range(draws if count else 1)]
             results[method][str(count)] = {key: _statistics([o.scores.get(key) for o in found])
                                            for key in ("new_iou", "miou_seen", "hiou")}
@@ -299,7 +333,8 @@ def _write(out_dir: Path, document: dict) -> None:
     lines += ["", f"Wall time {document['minutes']:.1f} min; reused: {document['reused']}."]
     atomic_write_text(out_dir / "fewshot.md", "\n".join(lines) + "\n")
     series = {label: [document["methods"][method].get(str(k), {}).get("new_iou", {})
-                      .get("mean") for k in shots] for method, label in METHODS.items()}
+                      .get("mean") for k in shots] for method, label in METHODS.items()
+              if document["methods"][method]}
     series["zero-shot (reference)"] = [references["zero_shot_cagnet"]] * len(shots)
     series["supervised (reference)"] = [references["supervised"]] * len(shots)
     write_png(out_dir / "fewshot.png", curve_chart(  # curve_chart skips missing (None) points

@@ -8,7 +8,7 @@ import dataclasses
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -17,6 +17,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from cagnet import losses
+from cagnet.baselines.shot_network import finetune_network
 from cagnet.baselines.zs3net import sample_class_pixels
 from cagnet.config import LossConfig
 from cagnet.datasets.benchmarks import read_dataset_label
@@ -32,7 +33,7 @@ from cagnet.errors import DataError, EmbeddingError
 from cagnet.models.discriminator import Discriminator
 
 LOGGER = logging.getLogger("cagnet")
-Shot = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # feature, latent, grid labels
+ShotMaps = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # feature, latent, grid labels
 
 
 @dataclass
@@ -55,6 +56,11 @@ class ExtensionSettings:
     # False: no generated features of the classes that have shot pixels (they learn from their
     # real pixels alone; the ablation "does the generator add anything over the shots?")
     generate_shot_classes: bool = True
+    # With shots: first this many CaGNet step-1 iterations of the whole network on batches that
+    # mix crops of the shot images (a `shot_share` of each) with crops of the model's training
+    # images (`shot_network.py`); 0 = the frozen network.
+    network_iterations: int = 0
+    shot_share: float = 0.25
 
 
 @dataclass
@@ -76,12 +82,26 @@ class PixelSettings:
                                  real_pixels=self.real_pixels)
 
 
-def read_shots(folder: str | Path, class_names: Sequence[str], mean_bgr: Sequence[float],
-               warp_size: int) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
-    """(id, image (3, warp, warp) warped like test images, labels (H, W) as indices into
-    `class_names`) per mask of a shots folder: `class_names.txt` (line i names mask value i, a
+@dataclass
+class ShotImage:
+    """One labelled image as read: BGR uint8 (H, W, 3) and labels (H, W) as indices into the
+    extended model's classes (255 = unlabelled)."""
+
+    name: str
+    image: np.ndarray
+    labels: np.ndarray
+
+    def warped(self, mean_bgr: Sequence[float], warp_size: int) -> tuple[torch.Tensor,
+                                                                          torch.Tensor]:
+        """(image (3, warp, warp) warped like test images, labels (H, W) at full size)."""
+        pixels, labels = EvalTransform(tuple(mean_bgr), warp_size)(self.image, self.labels)
+        return torch.from_numpy(pixels), torch.from_numpy(labels)
+
+
+def read_shots(folder: str | Path, class_names: Sequence[str]) -> list[ShotImage]:
+    """The labelled images of a shots folder: `class_names.txt` (line i names mask value i, a
     class of the model or an added one), `images/<id>.<ext>`, `masks/<id>.png` (index PNGs,
-    255 = unlabelled)."""
+    255 = unlabelled); labels as indices into `class_names`."""
     folder = Path(folder)
     names = read_class_names(folder / "class_names.txt")
     unknown = [name for name in names if name not in class_names]
@@ -93,7 +113,7 @@ def read_shots(folder: str | Path, class_names: Sequence[str], mean_bgr: Sequenc
     masks = sorted((folder / "masks").glob("*.png"))
     if not masks:
         raise DataError(f"shots folder {folder}: no masks/<id>.png")
-    transform, shots = EvalTransform(tuple(mean_bgr), warp_size), []
+    shots = []
     for path in masks:
         images = sorted((folder / "images").glob(path.stem + ".*"))
         if not images:
@@ -104,14 +124,13 @@ def read_shots(folder: str | Path, class_names: Sequence[str], mean_bgr: Sequenc
             raise DataError(f"{path}: values {stray} name no line of class_names.txt")
         if image.shape[:2] != mask.shape:
             raise DataError(f"{path}: mask size {mask.shape} differs from {images[0]}")
-        pixels, labels = transform(image, lookup[mask])
-        shots.append((path.stem, torch.from_numpy(pixels), torch.from_numpy(labels)))
+        shots.append(ShotImage(path.stem, image, lookup[mask]))
     return shots
 
 
 @torch.no_grad()
 def frozen_maps(model: nn.Module, image: torch.Tensor, labels: torch.Tensor | None,
-                device: torch.device) -> Shot:
+                device: torch.device) -> ShotMaps:
     """Feature (F, h, w) and latent (E, h, w) of one image (3, H', W') through the frozen
     backbone and contextual module (eval mode, z = its mean), and labels (H, W) nearest-resized
     to their grid (None stays None)."""
@@ -202,7 +221,7 @@ class ClassifierFinetune(loop.Method):
 
     def __init__(self, model: nn.Module, trainable: nn.Module, settings: ExtensionSettings,
                  device: torch.device, draw: LabelDraw | None = None,
-                 pool: PixelPool | None = None, shots: Sequence[Shot] = (),
+                 pool: PixelPool | None = None, shots: Sequence[ShotMaps] = (),
                  content: tuple[str, Sequence[float]] | None = None) -> None:
         self.model, self.draw, self.pool, self.settings = model, draw, pool, settings
         self.content, self.context = content, StepContext(device)
@@ -260,7 +279,7 @@ class ClassifierFinetune(loop.Method):
 
 def finetune_classifier(model: nn.Module, trainable: nn.Module, settings: ExtensionSettings,
                         device: torch.device, draw: LabelDraw | None = None,
-                        pool: PixelPool | None = None, shots: Sequence[Shot] = (),
+                        pool: PixelPool | None = None, shots: Sequence[ShotMaps] = (),
                         content: tuple[str, Sequence[float]] | None = None,
                         show_progress: bool = False) -> list[float]:
     """Run `ClassifierFinetune` (no run folder); returns each classifier iteration's loss
@@ -276,22 +295,34 @@ def finetune_classifier(model: nn.Module, trainable: nn.Module, settings: Extens
 
 
 def extend_with_shots(loaded: LoadedModel, names: Sequence[str], rows: torch.Tensor,
-                      settings: ExtensionSettings, shots: Sequence[tuple] = (),
-                      replay: PixelPool | None = None, show_progress: bool = False) -> dict:
+                      settings: ExtensionSettings, shots: Sequence[ShotImage] = (),
+                      replay: Callable[[nn.Module], PixelPool | None] | None = None,
+                      training: Dataset | None = None, show_progress: bool = False) -> dict:
     """Add `names` (embedding rows (n, E)) to a loaded CaGNet as unseen classes and finetune
-    its classifier head on generated features, `shots` (`read_shots` output) and `replay`;
-    the class list grows. Returns a summary."""
+    its classifier head on generated features, the `shots` and the seen pixels of
+    `replay(model)`; with `settings.network_iterations`, the whole network first learns from
+    crops of the shots mixed with those of `training` (the model's training images, new
+    classes unlabelled). The class list grows. Returns a summary."""
     config, model, device = loaded.config, loaded.model, loaded.device
     class_names, pool = loaded.class_names + list(names), None
     summary: dict = {"classes_before": model.num_classes}
-    maps = [frozen_maps(model, image, labels, device) for _, image, labels in shots]
+    add_unseen_classes(model, rows.to(device))
+    if shots and settings.network_iterations:
+        if training is None:
+            raise DataError("network_iterations needs the model's training images (the "
+                            "checkpoint's data.root): none were given")
+        summary["network"] = finetune_network(
+            model, config, shots, training, settings.network_iterations, settings.shot_share,
+            settings.seed, device, show_progress)
+    maps = [frozen_maps(model, *shot.warped(config.data.mean_bgr, config.eval.warp_size),
+                        device) for shot in shots]
     if shots:
-        pool = merge_pools(pool_of([(feature, labels) for feature, _, labels in maps]), replay)
+        pool = merge_pools(pool_of([(feature, labels) for feature, _, labels in maps]),
+                           replay(model) if replay is not None else None)
         found = torch.bincount(pool.labels, minlength=len(class_names)).tolist() if pool else []
-        summary.update(shot_images=[name for name, _, _ in shots], real_pixels_per_class={
+        summary.update(shot_images=[shot.name for shot in shots], real_pixels_per_class={
             name: count for name, count in zip(class_names, found) if count})
     grid = tuple(model.feature_size(config.data.crop_size, config.data.crop_size))
-    add_unseen_classes(model, rows.to(device))
     batch_size = settings.batch_size or config.train.batch_size
     unseen_rate = config.train.gen_unseen_rate if settings.unseen_rate is None \
         else settings.unseen_rate

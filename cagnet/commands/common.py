@@ -7,7 +7,7 @@ from cagnet.errors import CagnetError
 
 EXTENSION_SETTINGS = ("iterations", "lr", "batch_size", "unseen_rate", "seed", "shots",
                       "replay_images", "real_weight", "adapt_generator", "train_discriminator",
-                      "generate_shot_classes")
+                      "generate_shot_classes", "network_iterations", "shot_share")
 
 
 def add_command(commands, name: str, help_text: str, examples: str, handler=None,
@@ -84,6 +84,14 @@ def add_extension_arguments(parser: argparse.ArgumentParser, required: bool) -> 
                         action="store_false", help="with --shots: generate no features of the "
                         "new classes that have shot pixels; they learn from those pixels alone "
                         "(the other classes keep their generated features)")
+    parser.add_argument("--network-iterations", type=int, default=0, metavar="N", help="with "
+                        "--shots: first train the whole network (CaGNet's step 1) for N "
+                        "iterations on crops of the shots mixed with crops of the checkpoint's "
+                        "training images, so its features learn the new classes (default 0: "
+                        "the network stays frozen; 200 on the shapes benchmark)")
+    parser.add_argument("--shot-share", type=float, default=0.25, metavar="F", help="with "
+                        "--network-iterations: the fraction of each batch cropped from the shots "
+                        "(default 0.25)")
 
 
 def add_device_arguments(parser: argparse.ArgumentParser) -> None:
@@ -115,7 +123,11 @@ def extension_inputs(arguments: argparse.Namespace):
     if arguments.iterations < 0 or (arguments.batch_size is not None
                                     and arguments.batch_size < 1):
         raise CagnetError("--iterations must be >= 0 and --batch-size >= 1")
-    if arguments.replay_images < 0 or arguments.real_weight < 0:
-        raise CagnetError("--replay-images and --real-weight must be >= 0")
+    if arguments.replay_images < 0 or arguments.real_weight < 0 \
+            or arguments.network_iterations < 0:
+        raise CagnetError("--replay-images, --real-weight and --network-iterations must be >= 0")
+    if not 0.0 < arguments.shot_share <= 1.0:
+        raise CagnetError(f"--shot-share: expected a fraction in (0, 1], got "
+                          f"{arguments.shot_share}")
     settings = ExtensionSettings(**{name: getattr(arguments, name) for name in EXTENSION_SETTINGS})
     return list(zip(kinds, paths)), arguments.embeddings, settings

@@ -5,10 +5,11 @@ finetuned on generated features as in step 2 (with `--shots`, also on real pixel
 import json
 import logging
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 import yaml
+from torch.utils.data import Dataset
 
 from cagnet.baselines.shots import (ExtensionSettings, PixelPool, extend_with_shots, read_shots,
                                     replay_pool)
@@ -81,8 +82,10 @@ def _check_same_sources(config, metadata: dict) -> None:
                        [h[:12] for h in new if h], [h[:12] for h in old if h], sidecar)
 
 
-def _replay(loaded: LoadedModel, settings: ExtensionSettings) -> PixelPool | None:
-    """Seen-class pixels of some training images; None (warned) if the dataset is unreadable."""
+def _replay(loaded: LoadedModel, settings: ExtensionSettings
+            ) -> Callable[[torch.nn.Module], PixelPool | None] | None:
+    """Seen-class pixels of some training images (read through the model it is given, after
+    any network training); None (warned) if the dataset is unreadable."""
     config = loaded.config
     try:
         dataset = build_dataset(config.data, loaded.split(), settings.seed, "train",
@@ -91,7 +94,19 @@ def _replay(loaded: LoadedModel, settings: ExtensionSettings) -> PixelPool | Non
         LOGGER.warning("no replay of the training images (%s): only the shots' pixels of old "
                        "classes anchor them", error)
         return None
-    return replay_pool(loaded.model, dataset, settings.replay_images, settings.seed, loaded.device)
+    return lambda model: replay_pool(model, dataset, settings.replay_images, settings.seed,
+                                     loaded.device)
+
+
+def _training_images(loaded: LoadedModel) -> Dataset:
+    """The model's training images, augmented as in its step 1 (network training with shots)."""
+    config = loaded.config
+    try:
+        return build_dataset(config.data, loaded.split(), config.train.seed, "train")
+    except CagnetError as error:
+        raise CagnetError(f"--network-iterations: the network also trains on the model's "
+                          f"training images (the checkpoint's data.root), which cannot be "
+                          f"read: {error}") from None
 
 
 def extend_loaded_model(loaded: LoadedModel, names: Sequence[str], word_vectors: WordVectors = (),
@@ -108,10 +123,12 @@ def extend_loaded_model(loaded: LoadedModel, names: Sequence[str], word_vectors:
     rows, metadata = new_class_embeddings(names, model.class_embeddings.shape[1],
                                           word_vectors, embeddings_file)
     _check_same_sources(config, metadata)
-    shots = read_shots(settings.shots, loaded.class_names + list(names), config.data.mean_bgr,
-                       config.eval.warp_size) if settings.shots else []
+    shots = read_shots(settings.shots, loaded.class_names + list(names)) if settings.shots \
+        else []
     replay = _replay(loaded, settings) if shots and settings.replay_images else None
-    summary = extend_with_shots(loaded, names, rows, settings, shots, replay, show_progress)
+    training = _training_images(loaded) if shots and settings.network_iterations else None
+    summary = extend_with_shots(loaded, names, rows, settings, shots, replay, training,
+                                show_progress)
     sources = [{key: source.get(key) for key in ("kind", "path", "sha256", "dim")}
                for source in metadata.get("sources") or [] if isinstance(source, dict)]
     embedding = {"file": embeddings_file, "sources": sources, "rule": metadata.get("rule")}
