@@ -138,3 +138,15 @@ def test_report_states_the_unseen_only_scores(scores: dict) -> None:
     assert "(chance accuracy 0.50): mIoU 0.2500, mean accuracy 0.5000" in text
     assert "IoU per class: sheep 0.5000, sofa 0.0000." in text
     assert "Unseen classes only" not in markdown_report(scores, CLASS_NAMES, 2, PROTOCOL, "t")
+
+
+def test_curve_chart_widens_until_every_legend_name_fits() -> None:
+    from cagnet.report.curves import BACKGROUND, HEIGHT, WIDTH, curve_chart
+    short = curve_chart([0, 1], {"a": [0.2, 0.4]}, "title")
+    assert short.shape == (HEIGHT, WIDTH, 3)
+    name = "CaGNet extension, network trained, a long method name"
+    wide = curve_chart([0, 1], {name: [0.2, 0.4]}, "title")
+    assert wide.shape[1] > WIDTH
+    # the name ends before the right edge: the last 4 columns are background only
+    assert (wide[:, -4:] == np.array(BACKGROUND, np.uint8)).all()
+    assert not (wide[:, WIDTH - 10:] == np.array(BACKGROUND, np.uint8)).all()

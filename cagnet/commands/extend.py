@@ -11,6 +11,8 @@ cagnet extend --checkpoint runs/no_py/finetune/checkpoints/last.pt --add-classes
 # the same, also learning from 5 labelled images (SHOTS/images/<id>.jpg, SHOTS/masks/<id>.png
 # index PNGs, SHOTS/class_names.txt naming their values):
 cagnet extend ... --shots SHOTS --out runs/no_py/extended_5shot.pt
+# the same, after training the whole network on the shots (mixed with its training images):
+cagnet extend ... --shots SHOTS --network-iterations 200 --out runs/no_py/extended_trained.pt
 """
 
 

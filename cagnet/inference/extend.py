@@ -1,6 +1,7 @@
 """Add classes to a trained CaGNet by name: their embeddings become unseen classes after all
 others, each new classifier row starts as the mean of the real ones, and the head alone is
-finetuned on generated features as in step 2 (with `--shots`, also on real pixels)."""
+finetuned on generated features as in step 2 (with `--shots`, also on real pixels; with
+`--network-iterations`, the whole network first learns from the shots)."""
 
 import json
 import logging

@@ -8,7 +8,8 @@ from typing import Sequence
 import cv2
 import numpy as np
 
-from cagnet.report.pictures import BACKGROUND, TEXT_COLOUR, put_text, write_png
+from cagnet.report.pictures import (BACKGROUND, FONT, TEXT_COLOUR, ascii_text, put_text,
+                                    write_png)
 
 WIDTH, HEIGHT = 720, 440
 LEFT, RIGHT, TOP, BOTTOM = 60, 190, 40, 50
@@ -44,8 +45,12 @@ def _axes(canvas: np.ndarray, x_range: tuple[float, float], x_label: str) -> Non
 def curve_chart(x_values: Sequence[float], series: dict[str, Sequence[float]], title: str,
                 x_label: str = "T", marked_x: float | None = None,
                 dashed: Sequence[str] = ()) -> np.ndarray:
-    """(HEIGHT, WIDTH, 3) chart: series against `x_values` (`dashed` ones as dots), `marked_x`."""
-    canvas = np.full((HEIGHT, WIDTH, 3), BACKGROUND, dtype=np.uint8)
+    """(HEIGHT, WIDTH + legend overflow, 3) chart: series against `x_values` (`dashed` ones as
+    dots), `marked_x`; the canvas grows to the right until every legend name fits."""
+    widest = max((cv2.getTextSize(ascii_text(name), FONT, 0.4, 1)[0][0] for name in series),
+                 default=0)
+    overflow = max(0, 38 + widest + 8 - RIGHT)  # the names start 38 px right of the plot
+    canvas = np.full((HEIGHT, WIDTH + overflow, 3), BACKGROUND, dtype=np.uint8)
     x_range = (min(x_values), max(x_values)) if x_values else (0.0, 1.0)
     _axes(canvas, x_range, x_label)
     put_text(canvas, title, (LEFT, 24), 0.5)
