@@ -133,7 +133,7 @@ def test_shot_classes_can_learn_from_their_pixels_alone(base_run, tmp_path: Path
 
 def test_network_iterations_train_the_whole_network_on_shots(base_run, tmp_path: Path,
                                                              capsys) -> None:
-    _, _, checkpoint, words, shots = base_run
+    _, root, checkpoint, words, shots = base_run
     common = ["extend", "--checkpoint", str(checkpoint), "--add-classes", "blue square",
               "--word-vectors", str(words), "--iterations", "2", "--device", "cpu"]
     assert main(common + ["--out", str(tmp_path / "frozen.pt"), "--shots", str(shots)]) == 0
@@ -157,6 +157,20 @@ def test_network_iterations_train_the_whole_network_on_shots(base_run, tmp_path:
     assert main(common + ["--out", str(tmp_path / "x.pt"), "--shots", str(shots),
                           "--network-iterations", "3", "--shot-share", "0"]) == 2
     assert "--shot-share" in capsys.readouterr().err and not (tmp_path / "x.pt").exists()
+    # the network also trains on the model's training images: a moved dataset is named
+    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    state["config"]["data"]["root"] = str(tmp_path / "moved")
+    torch.save(state, tmp_path / "moved.pt")
+    moved = ["extend", "--checkpoint", str(tmp_path / "moved.pt"), "--add-classes",
+             "blue square", "--word-vectors", str(words), "--iterations", "2", "--device", "cpu",
+             "--shots", str(shots)]
+    assert main(moved + ["--out", str(tmp_path / "y.pt"), "--network-iterations", "3"]) == 2
+    error = capsys.readouterr().err
+    assert "--network-iterations" in error and "moved" in error and "--data-root" in error
+    assert not (tmp_path / "y.pt").exists()
+    assert main(moved + ["--out", str(tmp_path / "y.pt"), "--network-iterations", "3",
+                         "--data-root", str(root)]) == 0
+    assert load_checkpoint(tmp_path / "y.pt")["config"]["data"]["root"] == str(root.resolve())
 
 
 def test_network_batches_label_new_classes_only_in_shot_crops(base_run) -> None:

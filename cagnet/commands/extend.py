@@ -26,6 +26,9 @@ def add_parser(commands) -> None:
     parser.add_argument("--class-order", metavar="SPLIT.yaml", help="put the classes in this "
                         "split file's order (seen, then unseen), e.g. the dataset split that "
                         "lists the new classes, so `cagnet eval` can use it as is")
+    parser.add_argument("--data-root", metavar="DIR", help="the checkpoint's dataset folder, "
+                        "if it has moved since training (the training images that --shots "
+                        "replays and --network-iterations trains on)")
     add_device_arguments(parser)
 
 
@@ -34,7 +37,7 @@ def run(arguments: argparse.Namespace) -> int:
     sources, embeddings, settings = extension_inputs(arguments)
     summary = extend_checkpoint(arguments.checkpoint, arguments.out, arguments.add_classes,
                                 sources, embeddings, settings, resolve_runtime(arguments),
-                                arguments.class_order)
+                                arguments.class_order, arguments.data_root)
     print(f"{arguments.out}: {summary['classes_before']} -> {summary['classes_after']} classes "
           f"(added {', '.join(summary['added_now'])}); classifier loss "
           f"{summary['loss_first'] or float('nan'):.4f} -> {summary['loss_last']:.4f}")

@@ -102,6 +102,10 @@ def _replay(loaded: LoadedModel, settings: ExtensionSettings
 def _training_images(loaded: LoadedModel) -> Dataset:
     """The model's training images, augmented as in its step 1 (network training with shots)."""
     config = loaded.config
+    if not Path(config.data.root).is_dir():
+        raise CagnetError(f"--network-iterations: the network also trains on the model's "
+                          f"training images, but its dataset folder (data.root) "
+                          f"{config.data.root} is not there: give it with --data-root DIR")
     try:
         return build_dataset(config.data, loaded.split(), config.train.seed, "train")
     except CagnetError as error:
@@ -171,12 +175,18 @@ def reorder_classes(model: torch.nn.Module, class_names: Sequence[str], num_seen
 
 def extend_checkpoint(checkpoint: str, out: str, names_text: str, word_vectors: WordVectors = (),
                       embeddings_file: str | None = None, settings: ExtensionSettings | None = None,
-                      device: torch.device | None = None, class_order: str | None = None) -> dict:
+                      device: torch.device | None = None, class_order: str | None = None,
+                      data_root: str | None = None) -> dict:
     """Write `out` (old + new classes) and `<out stem>.split.yaml` (added classes last unless
     `class_order` names a split file) as its stored `data.split` (the previous one goes to
-    `extra.extension.base_split`), so `cagnet eval` works unchanged. Returns the summary."""
+    `extra.extension.base_split`), so `cagnet eval` works unchanged. `data_root` replaces the
+    checkpoint's `data.root` (a moved dataset). Returns the summary."""
     state = load_checkpoint(checkpoint)
     loaded = model_from_checkpoint(state, checkpoint)
+    if data_root is not None:
+        if not Path(data_root).is_dir():
+            raise CagnetError(f"--data-root: folder not found: {data_root}")
+        loaded.config.data.root = str(Path(data_root).resolve())
     loaded.model.to(device or torch.device("cpu"))
     names = parse_class_list(names_text, state["class_names"])
     extra = state.get("extra") or {}
