@@ -248,8 +248,8 @@ class FewShotExperiment:
         return self._cagnet(loaded, shots, draw, self.recipe.network)
 
     def _pool(self, loaded: LoadedModel, shots: list):
-        maps = [frozen_maps(loaded.model, *shot.warped(self.config.data.mean_bgr,
-                                                       self.config.eval.warp_size), self.device)[::2]
+        data, warp = self.config.data, self.config.eval.warp_size
+        maps = [frozen_maps(loaded.model, *shot.warped(data.mean_bgr, warp), self.device)[::2]
                 for shot in shots]
         add_unseen_classes(loaded.model, self.rows.to(self.device))
         return merge_pools(pool_of(maps), self.replay(loaded.model))
