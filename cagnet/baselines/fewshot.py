@@ -100,7 +100,7 @@ class NetworkSettings:
     crops before the extension (0: no "network trained" row)."""
 
     iterations: int = 0
-    shot_share: float = 0.25
+    shot_share: float = 0.125
 
 
 def check_training_only(shot_ids: Sequence[str], test_ids: Sequence[str]) -> None:

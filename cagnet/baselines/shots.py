@@ -60,7 +60,7 @@ class ExtensionSettings:
     # mix crops of the shot images (a `shot_share` of each) with crops of the model's training
     # images (`shot_network.py`); 0 = the frozen network.
     network_iterations: int = 0
-    shot_share: float = 0.25
+    shot_share: float = 0.125
 
 
 @dataclass

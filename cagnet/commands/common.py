@@ -89,9 +89,9 @@ def add_extension_arguments(parser: argparse.ArgumentParser, required: bool) -> 
                         "iterations on crops of the shots mixed with crops of the checkpoint's "
                         "training images, so its features learn the new classes (default 0: "
                         "the network stays frozen; 200 on the shapes benchmark)")
-    parser.add_argument("--shot-share", type=float, default=0.25, metavar="F", help="with "
+    parser.add_argument("--shot-share", type=float, default=0.125, metavar="F", help="with "
                         "--network-iterations: the fraction of each batch cropped from the shots "
-                        "(default 0.25)")
+                        "(at least one crop; default 0.125)")
 
 
 def add_device_arguments(parser: argparse.ArgumentParser) -> None:
