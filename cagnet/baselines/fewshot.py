@@ -100,7 +100,7 @@ class NetworkSettings:
     crops before the extension (0: no "network trained" row)."""
 
     iterations: int = 0
-    shot_share: float = 0.125
+    shot_share: float = ExtensionSettings.shot_share
 
 
 def check_training_only(shot_ids: Sequence[str], test_ids: Sequence[str]) -> None:
@@ -194,11 +194,10 @@ class FewShotExperiment:
         shots = self.shots(count, draw)
         # Each method's own settings only: a CaGNet-only change leaves the baselines' stages
         # reusable (they share the extension's replayed pixels, nothing else of it).
-        settings = {"extension": dataclasses.asdict(self.recipe.extension)} \
-            if method == "cagnet" else {"extension": dataclasses.asdict(self.recipe.network)} \
-            if method == "cagnet_network" else {
-                "pixel_classifier": dataclasses.asdict(self.recipe.pixels),
-                "replay_images": self.recipe.extension.replay_images}
+        extension = {"cagnet": self.recipe.extension, "cagnet_network": self.recipe.network}
+        settings = {"extension": dataclasses.asdict(extension[method])} if method in extension \
+            else {"pixel_classifier": dataclasses.asdict(self.recipe.pixels),
+                  "replay_images": self.recipe.extension.replay_images}
         signature = {"method": method, "shots": [shot.name for shot in shots], "draw": draw,
                      **settings, "classes": self.split.model_class_names,
                      "data": dataclasses.asdict(self.config.data),
