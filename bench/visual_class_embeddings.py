@@ -6,13 +6,13 @@
 Each class's row is the mean feature of the recipe's ImageNet trunk (`model.trunk` with its
 `model.pretrained` weights, before any training) over the pixels labelled with that class in
 `--list` (default: the recipe's training list), centred over the classes and L2-normalised:
-one row per label id, like `cagnet embed`'s matrices (ids in no class list get zeros). Train and compare with
-`--set embeddings.path=runs/msrc_visual.npy` to see how far the rest of the pipeline (backbone
-training, generator, classifier, the generalized evaluation) gets when the class embeddings say
-what the classes look like instead of what their names co-occur with.
+one row per label id, like `cagnet embed`'s matrices (ids in no class list get zeros). Train
+and compare with `--set embeddings.path=runs/msrc_visual.npy` to see how far the rest of the
+pipeline (backbone training, generator, classifier, the generalized evaluation) gets when the
+class embeddings say what the classes look like instead of what their names co-occur with.
 
-It reads the labels of the unseen classes, so it is an upper reference, never a zero-shot
-method: its numbers bound what better word vectors could give, and nothing is tuned on them.
+It reads the labels of the unseen classes, so it is a reference, never a zero-shot method: it
+shows what class embeddings that describe appearance would give, and nothing is tuned on it.
 """
 
 from __future__ import annotations

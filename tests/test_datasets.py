@@ -135,6 +135,7 @@ def test_label_map_renames_raw_mask_values(tiny_voc: Path) -> None:
     from PIL import Image
 
     from cagnet.config import load_config
+    from cagnet.datasets.benchmarks import read_dataset_label
     from cagnet.datasets.build import build_benchmark, build_dataset
     from cagnet.errors import DataError
 
@@ -151,3 +152,15 @@ def test_label_map_renames_raw_mask_values(tiny_voc: Path) -> None:
     mapped = load_config(None, tiny_config_overrides(tiny_voc) + ["data.label_map={11: 255}"])
     label = build_dataset(mapped.data, split, 0, "test")[0]["label"]
     assert (label[0] == 255).all() and set(label.unique().tolist()) <= {0, 1, 2, 3, 255}
+    # Every reader of a dataset mask sees the renamed ids (few-shot candidates and shots,
+    # pseudo-label scoring, the audit), and so does ZS3Net's rule for dropping images.
+    test_set = build_dataset(mapped.data, split, 0, "test")
+    index = test_set.ids.index("img_004")
+    for renamed in (test_set.read_raw(index)[1], read_dataset_label(test_set, index)):
+        assert 11 not in renamed and (renamed == 255).sum() == (mask == 11).sum()
+    # Every tiny image holds the unseen class (id 4): renamed to void, none is dropped.
+    unseen_as_void = load_config(None, tiny_config_overrides(tiny_voc) + [
+        f"data.label_map={{11: 255, {split.unseen_ids[0]}: 255}}",
+        "data.drop_images_with_unseen=true"])
+    kept = build_dataset(unseen_as_void.data, split, 0, "train").ids
+    assert len(kept) == len(build_dataset(mapped.data, split, 0, "train").ids)

@@ -141,9 +141,11 @@ def make_dataset(data: DataConfig, root: Path, ids: Sequence[str], source: Label
     """The dataset of `data.layout`, its masks read by `source`."""
     return SegmentationDataset(root, ids, data.image_dir, data.label_dir, data.image_suffix,
                                data.label_suffix, lookup, known_ids, transform, seed=seed,
-                               on_bad_sample=data.on_bad_sample, label_reader=source)
+                               on_bad_sample=data.on_bad_sample, label_reader=source,
+                               label_map=data.label_map)
 
 
 def read_dataset_label(dataset: SegmentationDataset, index: int) -> np.ndarray:
-    """The raw dataset-id mask (uint8 (H, W)) of item `index`, without reading its image."""
-    return dataset.label_reader.read(dataset.ids[index])
+    """The dataset-id mask (uint8 (H, W)) of item `index` after `data.label_map`, without
+    reading its image."""
+    return dataset.read_label(index)

@@ -121,15 +121,16 @@ def build_dataset(data: DataConfig, split: ClassSplit, seed: int, part: str = "t
             if data.validation_holdout else set()
         keep = part == "validation"
         ids = [image_id for image_id in ids if (image_id in held_out) == keep]
-    rename = np.arange(256)
-    rename[list(data.label_map)] = list(data.label_map.values())
+    # The dataset renames mask values by data.label_map on load, before these lookups.
     known = split.known_ids() | set(data.label_map)
     if part != "train":
-        return benchmarks.make_dataset(data, root, ids, source, split.test_lookup()[rename],
-                                       known, EvalTransform(tuple(data.mean_bgr),
-                                                            eval_warp or 513), seed)
+        return benchmarks.make_dataset(data, root, ids, source, split.test_lookup(), known,
+                                       EvalTransform(tuple(data.mean_bgr), eval_warp or 513),
+                                       seed)
     if data.drop_images_with_unseen:
-        ids = benchmarks.drop_images_with_unseen(ids, source, split.unseen_ids,
+        renamed = {value: data.label_map.get(value, value) for value in range(256)}
+        raw_unseen = [value for value, new in renamed.items() if new in split.unseen_ids]
+        ids = benchmarks.drop_images_with_unseen(ids, source, raw_unseen,
                                                  data.on_bad_sample == "skip",
                                                  max(1, data.num_workers))
     lookup = split.train_lookup()
@@ -146,7 +147,7 @@ def build_dataset(data: DataConfig, split: ClassSplit, seed: int, part: str = "t
     transform = EvalTransform(tuple(data.mean_bgr), eval_warp) if eval_warp else \
         TrainTransform(tuple(data.mean_bgr), data.warp_size, data.crop_size, data.scale_min,
                        data.scale_max, data.flip, data.padding)
-    return benchmarks.make_dataset(data, root, ids, source, lookup[rename], known, transform, seed)
+    return benchmarks.make_dataset(data, root, ids, source, lookup, known, transform, seed)
 
 
 def build_eval_loader(config: Config, split: ClassSplit, part: str = "test") -> DataLoader:

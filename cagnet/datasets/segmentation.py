@@ -37,12 +37,15 @@ class SegmentationDataset(Dataset):
     """Images `<root>/<image_dir>/<id><image_suffix>` and their masks (index PNGs in `label_dir`,
     or `label_reader`'s) through the protocol's lookup. Items: an int (test) or an `(index, draw)`
     pair (training). Samples: `image` float32 (3, h, w), `label` int64 (h, w), `id`, and
-    `skipped`, the ids replaced because unreadable (`on_bad_sample="skip"`, training only)."""
+    `skipped`, the ids replaced because unreadable (`on_bad_sample="skip"`, training only).
+    `label_map` (`data.label_map`) renames mask values on load, before the lookup: every reader
+    of a dataset mask (`read_raw`, `read_label`) sees the renamed ids."""
 
     def __init__(self, root: str | Path, ids: Sequence[str], image_dir: str, label_dir: str,
                  image_suffix: str, label_suffix: str, lookup: np.ndarray,
                  known_ids: set[int], transform: Callable, seed: int = 0,
-                 on_bad_sample: str = "error", label_reader: LabelSource | None = None) -> None:
+                 on_bad_sample: str = "error", label_reader: LabelSource | None = None,
+                 label_map: dict[int, int] | None = None) -> None:
         if not ids:
             raise DataError(f"no images to load under {root}: the image list is empty")
         self.root = Path(root)
@@ -53,6 +56,8 @@ class SegmentationDataset(Dataset):
         self.known_ids = np.array(sorted(known_ids))
         self.on_bad_sample = on_bad_sample
         self.label_reader = label_reader or PngLabels(self.root / label_dir, label_suffix)
+        self.rename = np.arange(256, dtype=np.uint8)
+        self.rename[list(label_map or {})] = list((label_map or {}).values())
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -69,13 +74,19 @@ class SegmentationDataset(Dataset):
                 for path in (self.image_path(index), self.label_path(index))
                 if not path.is_file()]
 
+    def read_label(self, index: int) -> np.ndarray:
+        """The dataset-id mask (uint8 (H, W)) of item `index`, renamed, without its image (and
+        without the size check)."""
+        return self.rename[self.label_reader.read(self.ids[index])]
+
     def read_raw(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        """One image (BGR uint8 (H, W, 3)) and its dataset-id mask (uint8 (H, W)), checked."""
+        """One image (BGR uint8 (H, W, 3)) and its dataset-id mask (uint8 (H, W), renamed by
+        `label_map`), checked."""
         image = read_image_bgr(self.image_path(index))
         label = self.label_reader.read(self.ids[index])
         check_mask(label, image.shape, self.known_ids, self.label_path(index),
                    self.image_path(index))
-        return image, label
+        return image, self.rename[label]
 
     def __getitem__(self, item: int | tuple[int, int]) -> dict:
         index, draw = (item, None) if isinstance(item, int) else item

@@ -60,8 +60,8 @@ def audit_training_data(config: Config, max_images: int = 0, show_progress: bool
                         ) -> AuditReport:
     """Run the training data pipeline over the training list (draw = index) and audit its
     targets: every value must be a seen index 0..S-1 or 255. Also checks the lookup table and
-    counts the raw mask pixels per class; with `data.drop_images_with_unseen` no kept image may
-    hold an unseen pixel at all."""
+    counts the mask pixels per class (after `data.label_map`); with
+    `data.drop_images_with_unseen` no kept image may hold an unseen pixel at all."""
     from tqdm import tqdm
 
     data = config.data
