@@ -79,6 +79,10 @@ def main(argv: list[str] | None = None) -> None:
         dataset = build_dataset(data, split, config.train.seed, part="test",
                                 eval_warp=config.eval.warp_size)
         model = config.model
+        if model.trunk == "deeplabv2_resnet101":
+            raise SystemExit("error: model.trunk: visual embeddings need a trunk with its own "
+                             "pretrained weights (torchvision:, timm: or python:), not "
+                             "deeplabv2_resnet101")
         trunk = build_trunk(model.trunk, model.pretrained, model.trunk_endpoint,
                             model.output_stride, model.normalization, data.mean_bgr).eval()
     except CagnetError as error:

@@ -59,3 +59,6 @@ def test_command_writes_one_row_per_label_id(visual, tiny_voc: Path, tmp_path: P
     assert np.flatnonzero(used).tolist() == sorted(split.model_ids)  # label-id rows
     np.testing.assert_allclose(np.linalg.norm(matrix[used], axis=1), 1.0, rtol=1e-5)
     assert "wrote" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="not deeplabv2_resnet101"):
+        visual.main(["--config", str(recipe), "--set", f"data.root={tiny_voc}",
+                     "--out", str(tmp_path / "deeplab.npy")])
