@@ -9,8 +9,9 @@ fastText and word2vec files are not at hand.
         --map aeroplane=airplane --map sign="street sign" --map face=person --map body=clothes
 
 The pickles are read as `cagnet embed --import-pkl` reads them (each source unit-normalised,
-concatenated, normalised again: 600-d for fastText + word2vec), and row i of a pickle belongs
-to line i of `--release-names` (`<id><TAB><name>` or one name per line). Each class takes the
+concatenated, normalised again: 600-d for fastText + word2vec), the matrix is written with the
+same sidecar plus the row each class took, and row i of a pickle belongs to line i of
+`--release-names` (`<id><TAB><name>` or one name per line). Each class takes the
 row of the same name, or of its `--map` name; a class with neither is an error naming it.
 With the full word-vector files, `cagnet embed --source fasttext_bin:... --source
 word2vec_binary:...` embeds the class names themselves and needs no mapping.
@@ -19,7 +20,6 @@ word2vec_binary:...` embeds the class names themselves and needs no mapping.
 from __future__ import annotations
 
 import argparse
-import io
 import sys
 from pathlib import Path
 
@@ -28,10 +28,9 @@ import numpy as np
 REPOSITORY = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPOSITORY))
 
-from cagnet.class_embeddings import import_original_pickles  # noqa: E402
+from cagnet.class_embeddings import import_original_pickles, save_class_embeddings  # noqa: E402
 from cagnet.datasets.splits import read_class_names  # noqa: E402
 from cagnet.errors import CagnetError  # noqa: E402
-from cagnet.utils.io import atomic_write_bytes  # noqa: E402
 
 
 def read_release_names(path: Path) -> list[str]:
@@ -79,7 +78,7 @@ def main(argv: list[str] | None = None) -> None:
         mapping[name] = target
     try:
         class_names = read_class_names(args.class_names)
-        matrix, _ = import_original_pickles(args.pickles)
+        matrix, metadata = import_original_pickles(args.pickles)
     except CagnetError as error:
         raise SystemExit(f"error: {error}") from None
     release_names = read_release_names(Path(args.release_names))
@@ -90,9 +89,12 @@ def main(argv: list[str] | None = None) -> None:
     if unknown:
         raise SystemExit(f"error: --map names {unknown}, which are not in {args.class_names}")
     rows = pick_rows(np.asarray(matrix, dtype=np.float32), release_names, class_names, mapping)
-    buffer = io.BytesIO()
-    np.save(buffer, rows, allow_pickle=False)
-    atomic_write_bytes(args.out, buffer.getvalue())
+    try:
+        save_class_embeddings(args.out, rows, dict(
+            metadata, class_names=class_names, release_names=str(args.release_names),
+            rows_by_name={name: mapping.get(name, name) for name in class_names}))
+    except CagnetError as error:
+        raise SystemExit(f"error: {error}") from None
     print(f"wrote {args.out}: {rows.shape[0]} classes x {rows.shape[1]}")
 
 

@@ -6,10 +6,11 @@
 Each class's row is the mean feature of the recipe's ImageNet trunk (`model.trunk` with its
 `model.pretrained` weights, before any training) over the pixels labelled with that class in
 `--list` (default: the recipe's training list), centred over the classes and L2-normalised:
-one row per label id, like `cagnet embed`'s matrices (ids in no class list get zeros). Train
-and compare with `--set embeddings.path=runs/msrc_visual.npy` to see how far the rest of the
-pipeline (backbone training, generator, classifier, the generalized evaluation) gets when the
-class embeddings say what the classes look like instead of what their names co-occur with.
+one row per line of the class-name file (every class needs labelled pixels there), written
+with its sidecar as `cagnet embed` writes its matrices. Train and compare with `--set
+embeddings.path=runs/msrc_visual.npy` to see how far the rest of the pipeline (backbone
+training, generator, classifier, the generalized evaluation) gets when the class embeddings say
+what the classes look like instead of what their names co-occur with.
 
 It reads the labels of the unseen classes, so it is a reference, never a zero-shot method: it
 shows what class embeddings that describe appearance would give, and nothing is tuned on it.
@@ -19,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import io
 import sys
 from pathlib import Path
 
@@ -30,17 +30,18 @@ import torch.nn.functional as F
 REPOSITORY = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPOSITORY))
 
+from cagnet.class_embeddings import save_class_embeddings  # noqa: E402
 from cagnet.config import load_config  # noqa: E402
 from cagnet.datasets.build import build_dataset, build_split  # noqa: E402
+from cagnet.datasets.splits import ClassSplit  # noqa: E402
 from cagnet.errors import CagnetError  # noqa: E402
 from cagnet.models.trunks import build_trunk  # noqa: E402
-from cagnet.utils.io import atomic_write_bytes  # noqa: E402
 
 
 def class_feature_sums(trunk: torch.nn.Module, dataset, num_classes: int
                        ) -> tuple[np.ndarray, np.ndarray]:
-    """Per model class: the sum of the trunk's features over its labelled pixels (labels
-    nearest-sampled to the feature grid) and the pixel count."""
+    """Per class index of the dataset's labels: the sum of the trunk's features over its
+    labelled pixels (labels nearest-sampled to the feature grid) and the pixel count."""
     sums, counts = None, np.zeros(num_classes)
     with torch.no_grad():
         for index in range(len(dataset)):
@@ -75,8 +76,11 @@ def main(argv: list[str] | None = None) -> None:
     try:
         config = load_config(args.config, args.overrides)
         split = build_split(config)
+        names = split.class_names
+        # every class id labelled as itself (as if all were seen), whatever the split
+        every_class = ClassSplit(names, tuple(range(len(names))), ())
         data = dataclasses.replace(config.data, val_list=args.list or config.data.train_list)
-        dataset = build_dataset(data, split, config.train.seed, part="test",
+        dataset = build_dataset(data, every_class, config.train.seed, part="test",
                                 eval_warp=config.eval.warp_size)
         model = config.model
         if model.trunk == "deeplabv2_resnet101":
@@ -88,22 +92,20 @@ def main(argv: list[str] | None = None) -> None:
     except CagnetError as error:
         raise SystemExit(f"error: {error}") from None
     torch.set_num_threads(config.train.threads or torch.get_num_threads())
-    num_classes = len(split.model_ids)
-    sums, counts = class_feature_sums(trunk, dataset, num_classes)
-    missing = [split.model_class_names[k] for k in range(num_classes) if counts[k] == 0]
+    sums, counts = class_feature_sums(trunk, dataset, len(names))
+    missing = [name for name, count in zip(names, counts) if count == 0]
     if missing:
         raise SystemExit(f"error: no labelled pixel of {', '.join(missing)} in the "
-                         f"{len(dataset)} images of {data.val_list}")
-    rows = centred_unit_rows(sums / counts[:, None])
-    matrix = np.zeros((len(split.class_names), rows.shape[1]), dtype=np.float32)
-    matrix[list(split.model_ids)] = rows  # label-id order, as cagnet embed writes
-    buffer = io.BytesIO()
-    np.save(buffer, matrix, allow_pickle=False)
-    atomic_write_bytes(args.out, buffer.getvalue())
+                         f"{len(dataset)} images of {data.val_list}: every class needs a row")
+    matrix = centred_unit_rows(sums / counts[:, None])
+    save_class_embeddings(args.out, matrix, {
+        "class_names": list(names), "rule": "visual: the untrained trunk's mean feature per "
+        "class over its labelled pixels, centred over the classes, unit rows (reads the unseen "
+        "classes' labels: a reference, not a zero-shot method)",
+        "trunk": config.model.trunk, "images": data.val_list, "feature_pixels": counts.tolist()})
     print(f"wrote {args.out}: {matrix.shape[0]} classes x {matrix.shape[1]} from "
           f"{len(dataset)} images ({int(counts.sum())} feature pixels)")
     similarity = matrix @ matrix.T
-    names = split.class_names
     for label_id in split.unseen_ids:
         nearest = [j for j in np.argsort(-similarity[label_id]) if j != label_id][:3]
         print(f"  {names[label_id]}: " + ", ".join(f"{names[j]} {similarity[label_id, j]:.2f}"

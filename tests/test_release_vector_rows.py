@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from cagnet.class_embeddings import load_class_embeddings
+
 REPOSITORY = Path(__file__).resolve().parents[1]
 COCOSTUFF = REPOSITORY.parent / "shared/data/benchmarks/cocostuff/cagnet"
 
@@ -41,6 +43,8 @@ def test_rows_by_name_and_mapping(rows, tmp_path: Path) -> None:
     # cow: (0, 0, 1) ++ (0.71, 0.71), normalised again; sky: (0, 1, 0) ++ (1, 0); face: person.
     np.testing.assert_allclose(matrix, [[0, 0, half, 0.5, 0.5], [0, half, 0, half, 0],
                                         [half, 0, 0, 0, half]], atol=1e-6)
+    _, sidecar = load_class_embeddings(out, class_names=["cow", "sky", "face"])
+    assert sidecar["rows_by_name"] == {"cow": "cow", "sky": "sky-other", "face": "person"}
 
 
 def test_unmatched_names_and_bad_maps_are_named(rows, tmp_path: Path) -> None:

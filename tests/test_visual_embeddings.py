@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from cagnet.datasets.splits import read_split
+from cagnet.class_embeddings import load_class_embeddings
 
 from conftest import tiny_config_overrides
 
@@ -51,13 +51,12 @@ def test_command_writes_one_row_per_label_id(visual, tiny_voc: Path, tmp_path: P
     recipe.write_text("name: tiny\n")
     visual.main(["--config", str(recipe), *[a for item in overrides for a in ("--set", item)],
                  "--out", str(out)])
-    matrix = np.load(out)
     names = (tiny_voc / "class_names.txt").read_text().splitlines()
+    # one unit row per class id, background included: a matrix training can load as it is
+    matrix, sidecar = load_class_embeddings(out, class_names=names)
     assert matrix.shape == (len(names), 16)  # the tiny trunk's 16 channels
-    split = read_split(tiny_voc / "split.yaml", names)
-    used = np.linalg.norm(matrix, axis=1) > 0
-    assert np.flatnonzero(used).tolist() == sorted(split.model_ids)  # label-id rows
-    np.testing.assert_allclose(np.linalg.norm(matrix[used], axis=1), 1.0, rtol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(matrix, axis=1), 1.0, rtol=1e-5)
+    assert sidecar["class_names"] == names and min(sidecar["feature_pixels"]) > 0
     assert "wrote" in capsys.readouterr().out
     with pytest.raises(SystemExit, match="not deeplabv2_resnet101"):
         visual.main(["--config", str(recipe), "--set", f"data.root={tiny_voc}",
