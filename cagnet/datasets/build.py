@@ -128,8 +128,8 @@ def build_dataset(data: DataConfig, split: ClassSplit, seed: int, part: str = "t
                                        EvalTransform(tuple(data.mean_bgr), eval_warp or 513),
                                        seed)
     if data.drop_images_with_unseen:
-        renamed = {value: data.label_map.get(value, value) for value in range(256)}
-        raw_unseen = [value for value, new in renamed.items() if new in split.unseen_ids]
+        raw_unseen = [value for value in range(256)
+                      if data.label_map.get(value, value) in split.unseen_ids]
         ids = benchmarks.drop_images_with_unseen(ids, source, raw_unseen,
                                                  data.on_bad_sample == "skip",
                                                  max(1, data.num_workers))

@@ -56,8 +56,9 @@ class SegmentationDataset(Dataset):
         self.known_ids = np.array(sorted(known_ids))
         self.on_bad_sample = on_bad_sample
         self.label_reader = label_reader or PngLabels(self.root / label_dir, label_suffix)
-        self.rename = np.arange(256, dtype=np.uint8)
-        self.rename[list(label_map or {})] = list((label_map or {}).values())
+        self.rename = np.arange(256, dtype=np.uint8)  # data.label_map as a lookup
+        for value, new in (label_map or {}).items():
+            self.rename[value] = new
 
     def __len__(self) -> int:
         return len(self.ids)
